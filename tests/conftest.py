@@ -1,0 +1,10 @@
+"""Test-wide settings; they must be in place before jax, keras or tensorflow load."""
+import os
+
+# Keras is the reference implementation; run it on the JAX backend like our models.
+os.environ.setdefault('KERAS_BACKEND', 'jax')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Eight host devices let sharding tests run on a CPU-only machine.
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=8').strip()

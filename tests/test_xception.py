@@ -1,0 +1,170 @@
+"""Xception: parameter counts against the paper/Keras, shapes, options, gradients, dtypes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import init, param_count
+from xception_jax import models
+
+XCEPTION = 22_855_952          # Paper Table 3 = Keras trainable count = timm legacy_xception.
+XCEPTION_NO_TOP = 20_806_952   # Keras Xception(include_top=False) trainable count.
+HEAD = 2048 * 1000 + 1000
+# Shortcut 1×1 convs + BN (γ, β) of blocks 2, 3, 4 and 13 (ARCHITECTURES.md table):
+SHORTCUTS = (64 * 128 + 2 * 128) + (128 * 256 + 2 * 256) + (256 * 728 + 2 * 728) + \
+    (728 * 1024 + 2 * 1024)
+# Input channels of the 34 separable convs, in order (paper Figure 5).
+SEPARABLE_INPUTS = [64, 128, 128, 256, 256, 728] + [728] * 24 + [728, 728, 1024, 1536]
+
+TINY = dict(width_multiplier=0.25, middle_flow_repeats=1)
+
+
+def test_full_size_parameter_counts():
+  assert param_count(models.create_model('xception')) == XCEPTION
+  assert param_count(models.create_model('xception', include_top=False)) == XCEPTION_NO_TOP
+  variables = jax.eval_shape(lambda: init(models.create_model('xception'), 299, batch=1))
+  stats = sum(x.size for x in jax.tree.leaves(variables['batch_stats']))
+  assert XCEPTION + stats == 22_910_480  # Keras total count with BN moving statistics.
+
+
+@pytest.mark.parametrize('options, expected', [
+    # Fig. 9: removing the four conv shortcuts; the identity shortcuts hold no weights.
+    (dict(residual=False), XCEPTION - SHORTCUTS),
+    # Fig. 10: an activation between depthwise and pointwise adds no weights.
+    (dict(intermediate_activation='relu'), XCEPTION),
+    (dict(intermediate_activation='elu'), XCEPTION),
+    # Fig. 8 (JFT): two 4096-unit FC layers with bias before the classifier.
+    (dict(fc_layers=(4096, 4096)),
+     XCEPTION_NO_TOP + (2048 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)),
+    # 17,000 JFT classes.
+    (dict(num_classes=17_000), XCEPTION_NO_TOP + 2048 * 17_000 + 17_000),
+    # §1.2 spectrum: the spatial conv over S segments has 9·C·C/S weights instead of 9·C.
+    (dict(channel_segments=1), XCEPTION + sum(9 * c * c - 9 * c for c in SEPARABLE_INPUTS)),
+    (dict(channel_segments=8), XCEPTION + sum(9 * c * c // 8 - 9 * c for c in SEPARABLE_INPUTS)),
+])
+def test_option_parameter_counts(options, expected):
+  assert param_count(models.create_model('xception', **options)) == expected
+
+
+def test_middle_flow_repeats_change_count_by_whole_modules():
+  middle_module = 3 * (9 * 728 + 728 * 728 + 2 * 728)
+  assert middle_module == 1_613_976  # ARCHITECTURES.md per-part count.
+  assert param_count(models.create_model('xception', middle_flow_repeats=2)) == \
+      XCEPTION - 6 * middle_module
+
+
+def expected_sizes(size):
+  """Spatial sizes after the stem (two VALID 3×3 convs, the first strided) and each SAME /2."""
+  stem = (size - 3) // 2 + 1 - 2
+  return [stem] + [-(-stem // 2 ** k) for k in range(1, 5)]
+
+
+@pytest.mark.parametrize('size, final', [(71, 3), (72, 3), (100, 3), (151, 5), (299, 10)])
+def test_feature_shapes_and_strides(size, final):
+  assert expected_sizes(size)[-1] == final
+  model = models.create_model('xception', include_top=False, pooling=None)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda: init(model, size))
+  out, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
+  assert out.shape == (2, final, final, 2048)
+  assert sorted(feats) == sorted(models.Xception.feature_names)
+  channels = {'stem': 64, 'block2': 128, 'block3': 256, 'entry_flow': 728, 'middle_flow': 728,
+              'exit_flow': 2048}
+  spatial = dict(zip(['stem', 'block2', 'block3', 'entry_flow', 'exit_flow'],
+                     expected_sizes(size)), middle_flow=expected_sizes(size)[3])
+  for name, feature in feats.items():
+    assert feature.shape == (2, spatial[name], spatial[name], channels[name])
+  assert feats['exit_flow'].shape == out.shape
+  assert feats['entry_flow'].shape == feats['middle_flow'].shape
+
+
+def test_pooling_options():
+  model = models.create_model('xception', include_top=False, pooling='max', **TINY)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), minval=-1, maxval=1)
+  variables = init(model, 75)
+  pooled = model.apply(variables, x)
+  unpooled = model.clone(pooling=None).apply(variables, x)
+  np.testing.assert_allclose(pooled, unpooled.max(axis=(1, 2)), rtol=1e-6)
+  assert pooled.shape == (2, 512)
+
+
+def test_small_inputs_are_rejected_with_a_clear_message():
+  model = models.create_model('xception', **TINY)
+  with pytest.raises(ValueError, match=r'at least 71x71 pixels, got 70x80'):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 70, 80, 3)))
+  with pytest.raises(ValueError, match='NHWC'):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((70, 80, 3)))
+
+
+def test_channel_segments_must_divide_every_width():
+  model = models.create_model('xception', channel_segments=3, **TINY)
+  with pytest.raises(ValueError, match='channel_segments=3 must divide the 16 input channels'):
+    init(model, 71)
+
+
+def test_unknown_activation_is_rejected():
+  with pytest.raises(ValueError, match="Unknown activation 'gelu'"):
+    init(models.create_model('xception', intermediate_activation='gelu', **TINY), 71)
+
+
+@pytest.mark.parametrize('options', [
+    dict(),
+    dict(residual=False),
+    dict(intermediate_activation='relu'),
+    dict(intermediate_activation='elu'),
+    dict(fc_layers=(32, 32)),
+    dict(channel_segments=1),
+    dict(channel_segments=4),
+], ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()) or 'default')
+def test_training_step_gradients_are_finite(options):
+  model = models.create_model('xception', num_classes=5, **TINY, **options)
+  variables = init(model, 71)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 71, 71, 3), minval=-1, maxval=1)
+  labels = jnp.array([0, 1, 2, 3])
+
+  @jax.jit
+  def loss_and_grads(params):
+    def loss_fn(params):
+      logits, state = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                  x, train=True, rngs={'dropout': jax.random.PRNGKey(2)},
+                                  mutable=['batch_stats'])
+      log_probs = jax.nn.log_softmax(logits)
+      return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean(), state
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  (loss, state), grads = loss_and_grads(variables['params'])
+  assert np.isfinite(float(loss))
+  norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+  assert all(np.isfinite(norms)) and sum(norms) > 0
+  # Training mode updates every BN moving statistic.
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state['batch_stats'],
+                         variables['batch_stats'])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_dropout_is_active_only_in_training():
+  model = models.create_model('xception', num_classes=5, dropout_rate=0.5, **TINY)
+  variables = init(model, 71)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
+  eval_a, eval_b = model.apply(variables, x), model.apply(variables, x)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train = lambda seed: model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                   rngs={'dropout': jax.random.PRNGKey(seed)})[0]
+  assert not np.allclose(train(0), train(1))
+  np.testing.assert_array_equal(train(3), train(3))
+
+
+def test_bfloat16_compute_with_float32_params():
+  options = dict(num_classes=5, **TINY)
+  model32 = models.create_model('xception', **options)
+  model16 = models.create_model('xception', dtype=jnp.bfloat16, **options)
+  variables = init(model32, 71)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(init(model16, 71)))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
+  out16, feats = jax.jit(lambda v, x: model16.apply(v, x, return_features=True))(variables, x)
+  out32 = model32.apply(variables, x)
+  assert out16.dtype == jnp.float32  # Logits are returned in float32.
+  assert feats['exit_flow'].dtype == jnp.bfloat16
+  assert np.all(np.isfinite(out16))
+  # bfloat16 has an 8-bit mantissa: logits agree to a few percent of their scale.
+  assert np.abs(out16 - out32).max() < 0.05 * np.abs(out32).max() + 0.05

@@ -1,0 +1,46 @@
+"""One registry of model constructors: `create_model(name, **kwargs)`, `list_models()`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, TypeVar
+
+import flax.linen as nn
+
+_MODELS: dict[str, type[nn.Module]] = {}
+ModelClass = TypeVar('ModelClass', bound=type)
+
+
+def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
+  """Class decorator that makes a Flax model available as `create_model(name)`."""
+  def register(cls: ModelClass) -> ModelClass:
+    if name in _MODELS:
+      raise ValueError(f'A model named {name!r} is already registered.')
+    _MODELS[name] = cls
+    return cls
+  return register
+
+
+def list_models() -> list[str]:
+  """Names accepted by `create_model`, sorted."""
+  return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[nn.Module]:
+  """The registered class for `name`; a ValueError listing the choices otherwise."""
+  if name not in _MODELS:
+    raise ValueError(f'Unknown model {name!r}; available: {", ".join(list_models())}.')
+  return _MODELS[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+  """Builds the model `name` with its attributes overridden by `kwargs`.
+
+  Unknown keyword arguments raise a ValueError naming them and the valid ones.
+  """
+  cls = model_class(name)
+  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f'{name} has no option(s) {", ".join(unknown)}; '
+                     f'valid options: {", ".join(sorted(fields))}.')
+  return cls(**kwargs)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from keras_helpers import save_legacy_weights
-from xception_jax import models, summary
+from xception_jax import model_table, models
 
 
 def test_registry_lists_and_builds_models():
@@ -25,7 +25,7 @@ def test_unknown_models_and_options_are_named():
 
 
 def test_summary_table_matches_reference_counts():
-  text = summary.format_summary('xception', models.create_model('xception'), 299, depth=1)
+  text = model_table.format_summary('xception', models.create_model('xception'), 299, depth=1)
   lines = text.splitlines()
   rows = {line.split()[0]: line.split() for line in lines[2:-3]}
   assert rows['block1_conv1'][1:] == ['(1,', '149,', '149,', '32)', '928']
@@ -38,11 +38,11 @@ def test_summary_table_matches_reference_counts():
 
 
 def test_summary_options_parse_python_literals():
-  assert summary.parse_options(['width_multiplier=0.25', 'fc_layers=(8, 8)',
+  assert models.parse_options(['width_multiplier=0.25', 'fc_layers=(8, 8)',
                                 'intermediate_activation=elu']) == {
       'width_multiplier': 0.25, 'fc_layers': (8, 8), 'intermediate_activation': 'elu'}
   with pytest.raises(ValueError, match='key=value'):
-    summary.parse_options(['width_multiplier'])
+    models.parse_options(['width_multiplier'])
 
 
 def run_module(*args):

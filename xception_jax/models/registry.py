@@ -1,8 +1,9 @@
 """One registry of model constructors: `create_model(name, **kwargs)`, `list_models()`."""
 from __future__ import annotations
 
+import ast
 import dataclasses
-from typing import Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import flax.linen as nn
 
@@ -44,3 +45,17 @@ def create_model(name: str, **kwargs) -> nn.Module:
     raise ValueError(f'{name} has no option(s) {", ".join(unknown)}; '
                      f'valid options: {", ".join(sorted(fields))}.')
   return cls(**kwargs)
+
+
+def parse_options(assignments: Sequence[str]) -> dict[str, Any]:
+  """Turns ['width_multiplier=0.25', 'fc_layers=(4096,4096)'] into keyword arguments."""
+  options = {}
+  for assignment in assignments:
+    key, sep, value = assignment.partition('=')
+    if not sep:
+      raise ValueError(f'--set expects key=value, got {assignment!r}.')
+    try:
+      options[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      options[key.strip()] = value  # A bare word such as relu is a string.
+  return options

@@ -1,0 +1,132 @@
+"""Input pipeline: Inception preprocessing, resumable training stream, exact evaluation."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_helpers import image_ids, make_image_folder
+from xception_jax.data import pipeline, preprocessing, sources
+
+
+def gradient_image(height, width):
+  y, x = np.mgrid[0:height, 0:width]
+  return np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize('encode', [tf.io.encode_png, tf.io.encode_jpeg])
+def test_eval_preprocessing_is_central_crop_then_resize(encode):
+  encoded = encode(gradient_image(100, 80))
+  ours = preprocessing.preprocess_for_eval(encoded, 40).numpy()
+  # Reference: decode everything, TF's own central_crop, bilinear resize, [-1, 1].
+  decoded = tf.image.convert_image_dtype(tf.io.decode_image(encoded, channels=3), tf.float32)
+  expected = tf.image.resize(tf.image.central_crop(decoded, 0.875), [40, 40], 'bilinear')
+  np.testing.assert_allclose(ours, (expected.numpy() - 0.5) * 2, atol=1e-6)
+
+
+def test_train_preprocessing_is_seeded_and_in_range():
+  encoded = tf.io.encode_jpeg(gradient_image(120, 90))
+  run = lambda seed: preprocessing.preprocess_for_train(
+      encoded, 64, tf.constant(seed, tf.int64)).numpy()
+  a, b, c = run([1, 2]), run([1, 2]), run([1, 3])
+  assert a.shape == (64, 64, 3) and a.dtype == np.float32
+  assert a.min() >= -1.0 and a.max() <= 1.0
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).max() > 0.05
+
+
+def test_slow_colour_mode_and_bad_mode():
+  encoded = tf.io.encode_png(gradient_image(50, 50))
+  slow = preprocessing.Augmentation(color_distortion='slow')
+  assert preprocessing.preprocess_for_train(encoded, 32, tf.constant([0, 0], tf.int64),
+                                            slow).shape == (32, 32, 3)
+  with pytest.raises(ValueError, match="color_distortion must be 'fast', 'slow' or None"):
+    preprocessing.preprocess_for_train(encoded, 32, tf.constant([0, 0], tf.int64),
+                                       preprocessing.Augmentation(color_distortion='wild'))
+
+
+def stream(root, **overrides):
+  source = sources.FolderSource(root)
+  options = dict(source=source, split='train', local_batch_size=4, image_size=16, seed=3,
+                 steps_per_epoch=source.split_size('train') // 4,
+                 augmentation=preprocessing.Augmentation(color_distortion=None, flip=False))
+  options.update(overrides)
+  return pipeline.TrainStream(**options)
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_training_stream_resumes_exactly_and_covers_each_epoch_once(tmp_path):
+  root = make_image_folder(tmp_path, classes=3, per_class=7)  # 21 train images: 5 steps/epoch.
+  s = stream(root)
+  straight = take(s.batches(0), 12)
+  resumed = take(s.batches(7), 5)  # Stop after step 7 (mid-epoch 2), resume.
+  for a, b in zip(straight[7:], resumed):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  for epoch in range(2):
+    ids = np.concatenate([image_ids(b['image']) for b in straight[5 * epoch:5 * epoch + 5]])
+    assert len(set(ids)) == 20  # 5 batches of 4 distinct images, none repeated.
+    assert set(ids) <= set(range(21))
+  first, second = (np.concatenate([image_ids(b['image']) for b in straight[i:i + 5]])
+                   for i in (0, 5))
+  assert list(first) != list(second)  # Each epoch has its own order.
+  labels = np.concatenate([b['label'] for b in straight])
+  ids = np.concatenate([image_ids(b['image']) for b in straight])
+  np.testing.assert_array_equal(labels, ids // 7)  # Labels travel with their images.
+
+
+def test_two_processes_split_the_training_data(tmp_path):
+  root = make_image_folder(tmp_path, classes=2, per_class=8)
+  parts = [np.concatenate([image_ids(b['image']) for b in take(
+      stream(root, local_batch_size=2, steps_per_epoch=4, process_index=i,
+             process_count=2).batches(0), 4)]) for i in range(2)]
+  assert not set(parts[0]) & set(parts[1])
+  assert len(set(parts[0]) | set(parts[1])) == 16
+
+
+@pytest.mark.parametrize('process_count', [1, 2, 3])
+def test_evaluation_counts_every_example_exactly_once(tmp_path, process_count):
+  root = make_image_folder(tmp_path, classes=3, per_class=5, splits=('train', 'test'))
+  source = sources.FolderSource(root)
+  seen, batch_counts = [], set()
+  for index in range(process_count):
+    ds, num_batches = pipeline.eval_batches(source, 'test', 4, 16, process_index=index,
+                                            process_count=process_count)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == num_batches
+    batch_counts.add(num_batches)
+    for b in batches:
+      assert b['image'].shape == (4, 16, 16, 3)
+      seen.extend(image_ids(b['image'])[b['mask'] == 1])
+  assert len(batch_counts) == 1  # Every process runs the same number of steps.
+  assert sorted(seen) == list(range(15, 30))  # The 15 test images, each once.
+
+
+def test_folder_source_errors(tmp_path):
+  with pytest.raises(ValueError, match='has no train/ sub-folder'):
+    sources.FolderSource(tmp_path)
+  make_image_folder(tmp_path, classes=2, per_class=1, splits=('train',))
+  with pytest.raises(ValueError, match="has no split 'validation'"):
+    sources.FolderSource(tmp_path).split_size('validation')
+
+
+def test_unknown_dataset_name():
+  with pytest.raises(ValueError, match="Unknown dataset 'not_a_dataset_xyz'"):
+    sources.get_source('not_a_dataset_xyz')
+
+
+def test_imagenet_without_manual_download_explains_preparation(tmp_path):
+  with pytest.raises(ValueError, match='ILSVRC2012_img_train.tar.*manual_dir'):
+    sources.get_source('imagenet2012', data_dir=str(tmp_path / 'tfds'),
+                       manual_dir=str(tmp_path / 'empty'))
+
+
+def test_digits_folder_is_written_once(tmp_path):
+  source = sources.get_source('digits', data_dir=str(tmp_path))
+  assert source.class_names == [str(i) for i in range(10)]
+  assert source.split_size('train') + source.split_size('test') == 1797
+  assert source.split_size('test') == 355
+  stamp = (tmp_path / 'digits' / '.complete').stat().st_mtime
+  sources.get_source('digits', data_dir=str(tmp_path))
+  assert (tmp_path / 'digits' / '.complete').stat().st_mtime == stamp

@@ -1,0 +1,20 @@
+"""The README's quickstart command reaches its accuracy bar (the real command, end to end)."""
+import json
+import subprocess
+import sys
+import time
+
+
+def test_quickstart_reaches_95_percent_with_averaged_weights(tmp_path):
+  started = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path / "run"}', f'--config.data_dir={tmp_path / "data"}'],
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = json.loads((tmp_path / 'run' / 'final_metrics.json').read_text())
+  print(f'quickstart: {time.monotonic() - started:.0f} s end to end, '
+        f'top-1 {final["top1_ema"]:.4f} (EMA), {final["top1"]:.4f} (raw)')
+  assert final['count'] == 355
+  assert final['top1_ema'] >= 0.95
+  assert 'Finished xception on digits' in result.stdout

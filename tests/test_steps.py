@@ -1,0 +1,131 @@
+"""Training step: EMA, auxiliary loss, and sharded execution equal to one device."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh
+
+from xception_jax import models, sharding, steps
+from xception_jax.state import create_train_state
+
+
+def tiny_xception():
+  return models.create_model('xception', num_classes=5, width_multiplier=0.25,
+                             middle_flow_repeats=1, dropout_rate=0.0)
+
+
+def batch(n=16, size=71, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+          'label': rng.integers(0, 5, n).astype(np.int32)}
+
+
+def one_step(model, mesh, data, bn_groups, tx=None, state=None):
+  """Runs one jitted, sharded training step on `mesh`; returns the new state (host arrays)."""
+  tx = tx or optax.sgd(0.1, momentum=0.9)
+  state = state or create_train_state(model, tx, 71, jax.random.PRNGKey(0))
+  replicated = sharding.replicated(mesh)
+  state = jax.device_put(state, replicated)
+  config = steps.StepConfig(num_classes=5, weight_decay=1e-5, bn_groups=bn_groups)
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
+                                   schedule=lambda s: 0.1, config=config),
+                 out_shardings=(replicated, replicated))
+  new_state, metrics = step(state, sharding.global_batch(data, mesh))
+  return jax.device_get(new_state), jax.device_get(metrics)
+
+
+def assert_trees_close(a, b, atol):
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b))
+  assert max(diffs) < atol, max(diffs)
+
+
+def assert_updates_close(start, a, b, rtol):
+  """Each leaf's update a − start equals b − start within rtol of its norm.
+
+  Gradients of early BN biases involve heavy cancellation: against a float64
+  reference, one device's float32 update is off by ~1e-4 of its norm and eight
+  devices' (another summation order) by ~8e-4, so 5e-3 is float32 agreement,
+  while BN statistics of the wrong scope change updates by O(1).
+  """
+  errors = jax.tree.map(lambda s, x, y: float(np.linalg.norm(x - y) / np.linalg.norm(x - s)),
+                        start, a, b)
+  assert max(jax.tree.leaves(errors)) < rtol, max(jax.tree.leaves(errors))
+
+
+@pytest.mark.parametrize('bn_groups', [1, 8])
+def test_sharded_step_on_8_devices_equals_one_device(bn_groups):
+  assert jax.device_count() == 8
+  model, data = tiny_xception(), batch()
+  start = jax.device_get(create_train_state(model, optax.sgd(0.1, momentum=0.9), 71,
+                                            jax.random.PRNGKey(0)))
+  one, m1 = one_step(model, Mesh(np.array(jax.devices()[:1]), ('data',)), data, bn_groups)
+  eight, m8 = one_step(model, Mesh(np.array(jax.devices()), ('data',)), data, bn_groups)
+  assert m1['loss'] == pytest.approx(m8['loss'], rel=1e-5)
+  assert_updates_close(start.params, one.params, eight.params, rtol=5e-3)
+  assert_trees_close(one.batch_stats, eight.batch_stats, atol=1e-5)
+
+
+def test_per_device_batch_norm_differs_from_global():
+  model, data = tiny_xception(), batch()
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  grouped, _ = one_step(model, mesh, data, bn_groups=8)
+  whole, _ = one_step(model, mesh, data, bn_groups=1)
+  mean = lambda s: s['block1_conv1']['bn']['mean']
+  # Moving means agree (the mean of slice means is the global mean) ...
+  np.testing.assert_allclose(mean(grouped.batch_stats), mean(whole.batch_stats), atol=1e-6)
+  # ... but normalising by slice statistics changes the gradients.
+  kernel = lambda s: s.params['block1_conv1']['conv']['kernel']
+  assert np.abs(kernel(grouped) - kernel(whole)).max() > 1e-6
+
+
+def test_ema_of_params_and_batch_stats_after_a_step():
+  model, data = tiny_xception(), batch()
+  mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
+  start = jax.device_get(create_train_state(model, optax.sgd(0.1), 71, jax.random.PRNGKey(0)))
+  new, _ = one_step(model, mesh, data, 1, state=start, tx=optax.sgd(0.1))
+  # Step 0 with warm-up: decay = min(0.9999, 1/10) = 0.1.
+  expected = jax.tree.map(lambda old, cur: 0.1 * old + 0.9 * cur, start.params, new.params)
+  assert_trees_close(new.ema_params, expected, atol=1e-6)
+  expected = jax.tree.map(lambda old, cur: 0.1 * old + 0.9 * cur, start.batch_stats,
+                          new.batch_stats)
+  assert_trees_close(new.ema_batch_stats, expected, atol=1e-6)
+  assert int(new.step) == 1
+
+
+class AuxNet(nn.Module):
+  """Returns (logits, aux logits) in training, like Inception-V3 with its aux head."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    features = x.mean(axis=(1, 2))
+    logits = nn.Dense(5, name='head')(features)
+    if not (train or self.is_initializing()):
+      return logits
+    aux = nn.Dense(5, name='aux_head')(features * 2)  # Created at init, used in training.
+    return (logits, aux) if train else logits
+
+
+def test_aux_logits_add_weighted_loss():
+  model, data = AuxNet(), batch(n=8, size=8)
+  state = create_train_state(model, optax.sgd(0.0), 8, jax.random.PRNGKey(0))
+  config = steps.StepConfig(num_classes=5, aux_loss_weight=0.4)
+  _, metrics = steps.train_step(state, jax.tree.map(jnp.asarray, data), model=model,
+                                tx=optax.sgd(0.0), schedule=lambda s: 0.0, config=config)
+  logits, aux = model.apply({'params': state.params}, data['image'], train=True)
+  ce = optax.softmax_cross_entropy_with_integer_labels
+  expected = ce(logits, data['label']).mean() + 0.4 * ce(aux, data['label']).mean()
+  assert float(metrics['loss']) == pytest.approx(float(expected), rel=1e-6)
+  assert float(metrics['cross_entropy']) == pytest.approx(float(ce(logits, data['label']).mean()),
+                                                         rel=1e-6)
+
+
+def test_eval_counts_respect_the_mask():
+  logits = jnp.array([[5., 1, 0, 0, 0, 0], [0, 5., 4, 3, 2, 1], [0, 0, 0, 0, 0, 9.]])
+  labels = jnp.array([0, 0, 5])
+  counts = steps.classification_counts(logits, labels, jnp.array([1., 1., 0.]), 6)
+  assert float(counts['top1']) == 1.0   # Example 2 is masked out.
+  assert float(counts['top5']) == 1.0   # Label 0 is 6th for example 1.

@@ -1,0 +1,1 @@
+"""Input pipelines: sources of labelled images, Inception preprocessing, batching."""

@@ -1,0 +1,92 @@
+"""tf.data input pipelines: a resumable training stream and an exact evaluation pass.
+
+The training stream is a pure function of (seed, step): epoch e reads the
+process's part of the split in an order fixed by (seed, e), and the example
+at position i of that epoch is augmented with the stateless seed (seed, e, i).
+Resuming at step s therefore continues exactly where step s left off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from xception_jax.data import preprocessing
+from xception_jax.data.sources import Source
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def derived_seed(*numbers: int) -> int:
+  """A 31-bit seed determined by `numbers` (e.g. run seed, epoch)."""
+  return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0] >> 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStream:
+  """Where one process's training batches come from and how they are made."""
+  source: Source
+  split: str
+  local_batch_size: int
+  image_size: int
+  seed: int
+  steps_per_epoch: int
+  process_index: int = 0
+  process_count: int = 1
+  shuffle_buffer: int = 16_384
+  augmentation: preprocessing.Augmentation = preprocessing.Augmentation()
+
+  def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+    """Batches of `epoch` from batch `skip_batches` on: {'image', 'label'}."""
+    epoch_seed = derived_seed(self.seed, epoch)
+    per_epoch = self.steps_per_epoch * self.local_batch_size
+    ds = self.source.read(self.split, self.process_index, self.process_count,
+                          shuffle_seed=epoch_seed)
+    ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.take(per_epoch).enumerate().skip(skip_batches * self.local_batch_size)
+
+    def prepare(index, example):
+      seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+      image = preprocessing.preprocess_for_train(example['image'], self.image_size, seed,
+                                                 self.augmentation)
+      return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(self.local_batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+  def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches for steps start_step, start_step + 1, ... without end."""
+    epoch, skip = divmod(start_step, self.steps_per_epoch)
+    while True:
+      yield from self.epoch(epoch, skip).as_numpy_iterator()
+      epoch, skip = epoch + 1, 0
+
+
+def eval_batches(source: Source, split: str, local_batch_size: int, image_size: int,
+                 crop_fraction: float = 0.875, process_index: int = 0,
+                 process_count: int = 1,
+                 num_examples: Optional[int] = None) -> tuple[tf.data.Dataset, int]:
+  """Every example of `split` once, in padded batches with a 0/1 `mask`.
+
+  Returns the dataset and its number of batches, the same on every process
+  (processes with fewer examples get fully masked batches), so collective
+  evaluation steps stay in lockstep.
+  """
+  total = source.split_size(split) if num_examples is None else num_examples
+  per_process = math.ceil(total / process_count)
+  num_batches = math.ceil(per_process / local_batch_size)
+
+  def prepare(example):
+    image = preprocessing.preprocess_for_eval(example['image'], image_size, crop_fraction)
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1.0)}
+
+  padding = {'image': tf.zeros([image_size, image_size, 3]), 'label': tf.constant(0, tf.int32),
+             'mask': tf.constant(0.0)}
+  ds = source.read(split, process_index, process_count).map(
+      prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+  ds = ds.take(num_batches * local_batch_size).batch(local_batch_size).prefetch(AUTOTUNE)
+  return ds, num_batches

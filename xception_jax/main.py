@@ -1,0 +1,33 @@
+r"""Trains and evaluates a model: python -m xception_jax.main --config=CONFIG --workdir=DIR."""
+import logging as python_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from xception_jax import evaluate, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def quiet_checkpoint_logs() -> None:
+  """Keeps Orbax's per-save INFO lines out of the console; its warnings still show."""
+  handler = logging.get_absl_handler()
+  handler.addFilter(lambda r: r.levelno >= python_logging.WARNING or 'orbax' not in r.pathname)
+
+
+def main(argv):
+  quiet_checkpoint_logs()
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  run = evaluate.evaluate_only if _CONFIG.value.eval_only else train.train_and_evaluate
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:  # Bad input: one line, non-zero exit.
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,100 @@
+"""Training state, the model a config asks for, and initialisation (fresh or pretrained)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from flax import traverse_util
+
+from xception_jax import models
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Sub-trees that may differ from a pretrained checkpoint (a new number of classes).
+HEAD_MODULES = ('head', 'aux_head')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue: a checkpoint holds exactly this.
+
+  `step` is also the position in the deterministic input stream (batches
+  consumed per process), so restoring it resumes the data where it stopped.
+  """
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any          # Polyak averages of params ...
+  ema_batch_stats: Any     # ... and of the BN moving statistics.
+  rng: jnp.ndarray
+
+  def variables(self, ema: bool = False) -> dict[str, Any]:
+    """{'params', 'batch_stats'}: raw or averaged."""
+    if ema:
+      return {'params': self.ema_params, 'batch_stats': self.ema_batch_stats}
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The config's model for `num_classes`; a ValueError if the image size is too small."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}.")
+  model = models.create_model(config.model, num_classes=num_classes,
+                              dtype=DTYPES[config.dtype], **config.get('model_kwargs', {}))
+  if config.image_size < model.min_input_size:
+    raise ValueError(f'image_size {config.image_size} is below the minimum of {config.model} '
+                     f'({model.min_input_size}x{model.min_input_size}); raise image_size.')
+  return model
+
+
+def merge_pretrained(fresh: dict[str, Any], pretrained: dict[str, Any],
+                     source: str) -> dict[str, Any]:
+  """`fresh` with every leaf replaced by `pretrained`'s, except differing classifier heads.
+
+  Head leaves whose shape differs (another number of classes) or that the
+  source lacks keep their fresh initialisation and are logged. Any other
+  missing or mis-shaped leaf is a ValueError that names it.
+  """
+  fresh_flat = traverse_util.flatten_dict(fresh)
+  loaded = traverse_util.flatten_dict(pretrained)
+  merged, kept, bad = {}, [], []
+  for path, value in fresh_flat.items():
+    source_value = loaded.get(path)
+    if source_value is not None and tuple(source_value.shape) == tuple(value.shape):
+      merged[path] = jnp.asarray(source_value, value.dtype)
+    elif any(name in HEAD_MODULES for name in path):
+      merged[path] = value
+      kept.append('/'.join(path))
+    else:
+      found = 'missing' if source_value is None else f'shape {tuple(source_value.shape)}'
+      bad.append(f'{"/".join(path)} ({found}, model {tuple(value.shape)})')
+  extra = [p for p in loaded if p not in fresh_flat and not any(h in p for h in HEAD_MODULES)]
+  if bad or extra:
+    raise ValueError(f'{source} does not fit the model: ' + '; '.join(
+        bad + [f'{"/".join(p)} (not in the model)' for p in extra][:12]))
+  if kept:
+    logging.info('Initialised from %s; fresh classifier: %s', source, ', '.join(kept))
+  return traverse_util.unflatten_dict(merged)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, image_size: int,
+                       rng: jnp.ndarray, pretrained: Optional[dict[str, Any]] = None,
+                       pretrained_name: str = 'pretrained weights') -> TrainState:
+  """A step-0 state: fresh variables, or `pretrained` ones (e.g. converted weights).
+
+  Traceable: jit it with output shardings to build the state on the mesh.
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  variables = model.init(init_rng, images, train=False)
+  if pretrained is not None:
+    variables = merge_pretrained(variables, pretrained, pretrained_name)
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), ema_params=params, ema_batch_stats=batch_stats,
+                    rng=state_rng)

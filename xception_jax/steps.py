@@ -1,0 +1,108 @@
+"""The pure training and evaluation steps (jit them with shardings in the loop)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from xception_jax import optim
+from xception_jax.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static hyper-parameters a training step needs."""
+  num_classes: int
+  weight_decay: float = 0.0
+  label_smoothing: float = 0.0
+  aux_loss_weight: float = 0.4
+  ema_decay: float = 0.9999
+  ema_warmup: bool = True
+  # BN statistics over this many equal slices of the global batch (one per device
+  # for per-device statistics; 1 for statistics over the whole global batch).
+  bn_groups: int = 1
+
+
+def forward_train(model, params, batch_stats, images, rng, bn_groups: int):
+  """Training-mode outputs and new BN statistics, with BN over `bn_groups` batch slices.
+
+  Each slice is normalised by its own statistics (as separate replicas would);
+  the moving averages advance by the mean of the slices' statistics.
+  """
+  variables = {'params': params, 'batch_stats': batch_stats}
+
+  def apply(x, key):
+    return model.apply(variables, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])
+
+  if bn_groups == 1:
+    outputs, state = apply(images, rng)
+    return outputs, state['batch_stats']
+  slices = images.reshape(bn_groups, images.shape[0] // bn_groups, *images.shape[1:])
+  outputs, state = jax.vmap(apply)(slices, jax.random.split(rng, bn_groups))
+  outputs = jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), outputs)
+  return outputs, jax.tree.map(lambda s: s.mean(axis=0), state['batch_stats'])
+
+
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               config: StepConfig) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimizer step on a global batch {'image', 'label'}; returns new state and metrics."""
+  labels = batch['label']
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, batch_stats = forward_train(model, params, state.batch_stats, batch['image'],
+                                         dropout_rng, config.bn_groups)
+    logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
+    cross_entropy = optim.cross_entropy(logits, labels, config.num_classes,
+                                        config.label_smoothing).mean()
+    loss = cross_entropy + optim.l2_penalty(params, config.weight_decay)
+    if aux_logits is not None:
+      loss += config.aux_loss_weight * optim.cross_entropy(
+          aux_logits, labels, config.num_classes, config.label_smoothing).mean()
+    return loss, (logits, batch_stats, cross_entropy)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, batch_stats, cross_entropy)), grads = grad_fn(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = optim.ema_decay(state.step, config.ema_decay, config.ema_warmup)
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      ema_params=optim.ema_update(state.ema_params, params, decay),
+      ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, decay))
+  metrics = {
+      'loss': loss,
+      'cross_entropy': cross_entropy,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+      'learning_rate': schedule(state.step),
+      'grad_norm': optax.global_norm(grads),
+  }
+  return new_state, metrics
+
+
+def classification_counts(logits: jnp.ndarray, labels: jnp.ndarray,
+                          mask: jnp.ndarray, num_classes: int) -> dict[str, jnp.ndarray]:
+  """Masked sums: correct top-1, correct top-5, cross-entropy."""
+  top = jax.lax.top_k(logits, min(5, num_classes))[1]
+  hits = top == labels[:, None]
+  return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
+          'loss': jnp.sum(optim.cross_entropy(logits, labels, num_classes) * mask)}
+
+
+def eval_step(variable_sets: dict[str, Any], batch: dict[str, jnp.ndarray], *, model,
+              num_classes: int) -> dict[str, jnp.ndarray]:
+  """Sums for one padded batch {'image', 'label', 'mask'}, for each named set of variables.
+
+  Keys: 'count' and '<metric><suffix>' for each `suffix: variables` pair, e.g.
+  {'': raw, '_ema': averaged} gives top1, top5, loss, top1_ema, ...
+  """
+  out = {'count': jnp.sum(batch['mask'])}
+  for suffix, variables in variable_sets.items():
+    logits = model.apply(variables, batch['image'], train=False)
+    counts = classification_counts(logits, batch['label'], batch['mask'], num_classes)
+    out.update({f'{k}{suffix}': v for k, v in counts.items()})
+  return out

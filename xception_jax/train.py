@@ -1,0 +1,191 @@
+"""`train_and_evaluate(config, workdir)`: the training job, sharded over every device."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from xception_jax import distributed, model_table, optim, sharding, steps, weights
+from xception_jax.checkpoints import Checkpoints
+from xception_jax.data import pipeline, preprocessing, sources
+from xception_jax.evaluate import Evaluator
+from xception_jax.metric_writers import MetricWriter, Progress, progress_line
+from xception_jax.state import TrainState, build_model, create_train_state
+
+BATCH_NORM_SCOPES = ('device', 'global')
+
+
+def bn_groups(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """Slices of the global batch with their own BN statistics: one per device, or one."""
+  if config.batch_norm not in BATCH_NORM_SCOPES:
+    raise ValueError(f"batch_norm must be 'device' or 'global', got {config.batch_norm!r}.")
+  return mesh.devices.size if config.batch_norm == 'device' else 1
+
+
+def augmentation(config: ml_collections.ConfigDict) -> preprocessing.Augmentation:
+  a = config.augment
+  return preprocessing.Augmentation(
+      min_object_covered=a.min_object_covered, aspect_ratio_range=tuple(a.aspect_ratio_range),
+      area_range=tuple(a.area_range), flip=a.flip, color_distortion=a.color_distortion)
+
+
+class Setup:
+  """What a run derives from its config before the first step (no device work yet)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.mesh = sharding.make_mesh()
+    self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
+    self.source = sources.get_source(config.dataset, data_dir=config.get('data_dir'),
+                                     manual_dir=config.get('manual_dir'))
+    self.num_train = self.source.split_size(config.train_split)
+    self.steps_per_epoch = self.num_train // config.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f'batch_size {config.batch_size} exceeds the {self.num_train} training '
+                       f'examples of {config.dataset}; lower batch_size.')
+    self.num_steps = optim.total_steps(config, self.steps_per_epoch)
+    self.model = build_model(config, self.source.num_classes)
+    self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
+    self.tx = optim.optimizer(config, self.schedule)
+    self.step_config = steps.StepConfig(
+        num_classes=self.source.num_classes, weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing, aux_loss_weight=config.aux_loss_weight,
+        ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
+        bn_groups=bn_groups(config, self.mesh))
+
+  def initial_state_fn(self, pretrained_name: str = ''):
+    """rng, pretrained variables (or None) → step-0 TrainState."""
+    return functools.partial(create_train_state, self.model, self.tx, self.config.image_size,
+                             pretrained_name=pretrained_name or 'pretrained weights')
+
+  def abstract_state(self) -> TrainState:
+    """The state's shapes, dtypes and shardings, without computing it."""
+    rng = jax.random.PRNGKey(self.config.seed)
+    pretrained = self.pretrained_shapes()
+    abstract = jax.eval_shape(self.initial_state_fn(), rng, pretrained)
+    shardings = sharding.state_shardings(abstract, self.mesh)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+  def pretrained_shapes(self):
+    if not self.config.get('init_from'):
+      return None
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.pretrained())
+
+  @functools.cache
+  def pretrained(self):
+    return weights.load_variables(self.config.init_from)
+
+  def init_state(self, abstract: TrainState) -> TrainState:
+    """A fresh (or pretrained-initialised) state, built directly with its shardings."""
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    pretrained = self.pretrained() if self.config.get('init_from') else None
+    init = jax.jit(self.initial_state_fn(self.config.get('init_from', '')),
+                   out_shardings=shardings)
+    return init(jax.random.PRNGKey(self.config.seed), pretrained)
+
+  def train_step(self, abstract: TrainState):
+    """The jitted training step: state replicated by rule, batch split over devices."""
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    step = functools.partial(steps.train_step, model=self.model, tx=self.tx,
+                             schedule=self.schedule, config=self.step_config)
+    return jax.jit(step, in_shardings=(shardings, sharding.data_sharding(self.mesh)),
+                   out_shardings=(shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=0)
+
+  def train_stream(self) -> pipeline.TrainStream:
+    c = self.config
+    return pipeline.TrainStream(
+        self.source, c.train_split, self.local_batch, c.image_size, c.seed,
+        self.steps_per_epoch, jax.process_index(), jax.process_count(),
+        shuffle_buffer=c.shuffle_buffer, augmentation=augmentation(c))
+
+
+def write_run_files(workdir: Path, config: ml_collections.ConfigDict, setup: Setup) -> None:
+  """The resolved config, class names and a parameter overview, in the workdir."""
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  (workdir / 'class_names.json').write_text(json.dumps(list(setup.source.class_names)))
+  overview = model_table.format_summary(config.model, setup.model, config.image_size, depth=1)
+  (workdir / 'model_summary.txt').write_text(overview + '\n')
+  logging.info('Model:\n%s', overview)
+  logging.info('%d training examples, %d steps per epoch, %d steps, global batch %d over %d '
+               'devices (%d processes)', setup.num_train, setup.steps_per_epoch, setup.num_steps,
+               config.batch_size, setup.mesh.devices.size, jax.process_count())
+
+
+def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  fetched = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains, evaluates and checkpoints under `workdir`, resuming from its latest checkpoint.
+
+  Returns the final evaluation metrics ('top1', 'top1_ema', ...).
+  """
+  distributed.initialize(config)
+  workdir_path = Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  setup = Setup(config)
+  abstract = setup.abstract_state()
+  checkpoints = Checkpoints(workdir_path / 'checkpoints', keep=config.keep_checkpoints,
+                            async_save=config.async_checkpoints)
+  state = checkpoints.restore_latest(abstract)
+  if state is None:
+    state = setup.init_state(abstract)
+  if is_main:
+    write_run_files(workdir_path, config, setup)
+  train_step = setup.train_step(abstract)
+  evaluator = Evaluator(setup.model, setup.source, config, setup.mesh)
+  writer = MetricWriter(workdir_path, enabled=is_main)
+  start = int(jax.device_get(state.step))
+  batches = setup.train_stream().batches(start)
+  progress = Progress(setup.num_steps, config.batch_size, start)
+  started = time.monotonic()
+  history = []
+
+  def evaluate(step):
+    results = evaluator({'': state.variables(), '_ema': state.variables(ema=True)})
+    writer.write(step, {f'eval/{k}': v for k, v in results.items()})
+    if is_main:
+      logging.info('eval at step %d: %s', step, progress_line(step, setup.num_steps, results))
+    progress.update(step)  # Evaluation time does not count as training throughput.
+    return results
+
+  for step in range(start + 1, setup.num_steps + 1):
+    state, metrics = train_step(state, sharding.global_batch(next(batches), setup.mesh))
+    history.append(metrics)
+    if step % config.log_every_steps == 0 or step == setup.num_steps:
+      train_metrics = {**mean_metrics(history), **progress.update(step)}
+      history = []
+      writer.write(step, {f'train/{k}': v for k, v in train_metrics.items()})
+      if is_main:
+        logging.info('%s', progress_line(step, setup.num_steps, train_metrics))
+    if config.eval_every_steps and step % config.eval_every_steps == 0 and \
+        step != setup.num_steps:
+      evaluate(step)
+    if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+      checkpoints.save(state)
+
+  results = evaluate(setup.num_steps)
+  checkpoints.save(state, force=True)
+  checkpoints.close()
+  writer.close()
+  if is_main:
+    elapsed = time.monotonic() - started
+    line = (f'Finished {config.model} on {config.dataset}: step {setup.num_steps}, '
+            f'{elapsed:.0f} s this run; eval top-1 {100 * results["top1_ema"]:.2f}% (EMA), '
+            f'{100 * results["top1"]:.2f}% (raw), top-5 {100 * results["top5_ema"]:.2f}% (EMA) '
+            f'on {results["count"]:.0f} examples; workdir {workdir_path}')
+    (workdir_path / 'final_metrics.json').write_text(
+        json.dumps({'step': setup.num_steps, **results}, indent=2))
+    print(line, flush=True)
+  return results

@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   c.eval_only = False            # Evaluate init_from, or the workdir's latest checkpoint.
+  c.nonfinite_steps = 'stop'     # A NaN/inf loss or gradient: 'stop' with an error, or 'skip'.
+  c.compilation_cache_dir = ''   # Persistent XLA cache: restarts after preemption compile fast.
 
   # Multi-process runs (jax.distributed): set enabled on every process.
   c.distributed = ml_collections.ConfigDict(dict(

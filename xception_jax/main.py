@@ -25,7 +25,7 @@ def main(argv):
   run = evaluate.evaluate_only if _CONFIG.value.eval_only else train.train_and_evaluate
   try:
     run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:  # Bad input: one line, non-zero exit.
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:  # One line, exit 1.
     raise SystemExit(f'error: {e}') from None
 
 

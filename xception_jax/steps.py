@@ -70,18 +70,24 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = optim.ema_decay(state.step, config.ema_decay, config.ema_warmup)
-  new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+  updated = state.replace(
+      params=params, batch_stats=batch_stats, opt_state=opt_state,
       ema_params=optim.ema_update(state.ema_params, params, decay),
       ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, decay))
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A non-finite step leaves the state as it was (the batch still counts as consumed), so
+  # a NaN can never reach the parameters or a checkpoint; the loop decides to stop or skip.
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   metrics = {
       'loss': loss,
       'cross_entropy': cross_entropy,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
       'learning_rate': schedule(state.step),
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': grad_norm,
+      'finite': finite.astype(jnp.float32),
   }
-  return new_state, metrics
+  return new_state.replace(step=state.step + 1), metrics
 
 
 def classification_counts(logits: jnp.ndarray, labels: jnp.ndarray,

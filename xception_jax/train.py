@@ -5,7 +5,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -17,6 +17,7 @@ from xception_jax.checkpoints import Checkpoints
 from xception_jax.data import pipeline, preprocessing, sources
 from xception_jax.evaluate import Evaluator
 from xception_jax.metric_writers import MetricWriter, Progress, progress_line
+from xception_jax.preemption import PreemptionWatcher
 from xception_jax.state import TrainState, build_model, create_train_state
 
 BATCH_NORM_SCOPES = ('device', 'global')
@@ -54,6 +55,8 @@ class Setup:
     self.model = build_model(config, self.source.num_classes)
     self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
     self.tx = optim.optimizer(config, self.schedule)
+    if config.nonfinite_steps not in ('stop', 'skip'):
+      raise ValueError(f"nonfinite_steps must be 'stop' or 'skip', got {config.nonfinite_steps!r}.")
     self.step_config = steps.StepConfig(
         num_classes=self.source.num_classes, weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing, aux_loss_weight=config.aux_loss_weight,
@@ -120,17 +123,37 @@ def write_run_files(workdir: Path, config: ml_collections.ConfigDict, setup: Set
                config.batch_size, setup.mesh.devices.size, jax.process_count())
 
 
-def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-  fetched = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+def check_finite(config: ml_collections.ConfigDict, records: list[tuple[int, dict]],
+                 last_checkpoint: Optional[int]) -> list[int]:
+  """Steps whose loss or gradient was non-finite; under 'stop' such a step is an error."""
+  bad = [step for step, metrics in records if not metrics['finite']]
+  if bad and config.nonfinite_steps == 'stop':
+    step, metrics = next(r for r in records if r[0] == bad[0])
+    raise FloatingPointError(
+        f'Non-finite loss or gradient at step {step} (loss {metrics["loss"]}); the state was '
+        f'not updated and the checkpoints are intact (latest: step {last_checkpoint}). Lower '
+        f'the learning rate or set --config.nonfinite_steps=skip.')
+  if bad:
+    logging.warning('Skipped %d non-finite step(s): %s', len(bad), bad)
+  return bad
+
+
+def mean_metrics(records: list[tuple[int, dict]]) -> dict[str, float]:
+  """Averages of the finite steps' metrics (NaN when none was finite)."""
+  finite = [m for _, m in records if m['finite']] or [m for _, m in records]
+  return {k: float(np.mean([m[k] for m in finite])) for k in finite[0] if k != 'finite'}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains, evaluates and checkpoints under `workdir`, resuming from its latest checkpoint.
 
-  Returns the final evaluation metrics ('top1', 'top1_ema', ...).
+  Returns the final evaluation metrics ('top1', 'top1_ema', ...), or
+  {'preempted_at_step': step} when a SIGTERM stopped the run after a checkpoint.
+  Raises FloatingPointError at a non-finite step when `nonfinite_steps='stop'`.
   """
   distributed.initialize(config)
+  if config.get('compilation_cache_dir'):
+    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -138,6 +161,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   abstract = setup.abstract_state()
   checkpoints = Checkpoints(workdir_path / 'checkpoints', keep=config.keep_checkpoints,
                             async_save=config.async_checkpoints)
+  writer = MetricWriter(workdir_path, enabled=is_main)
+  watcher = PreemptionWatcher()
+  try:
+    return _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher)
+  finally:
+    watcher.close()
+    checkpoints.close()  # Waits for asynchronous saves: what is on disk is complete.
+    writer.close()
+
+
+def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
+  is_main = jax.process_index() == 0
   state = checkpoints.restore_latest(abstract)
   if state is None:
     state = setup.init_state(abstract)
@@ -145,12 +180,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_run_files(workdir_path, config, setup)
   train_step = setup.train_step(abstract)
   evaluator = Evaluator(setup.model, setup.source, config, setup.mesh)
-  writer = MetricWriter(workdir_path, enabled=is_main)
   start = int(jax.device_get(state.step))
   batches = setup.train_stream().batches(start)
   progress = Progress(setup.num_steps, config.batch_size, start)
   started = time.monotonic()
-  history = []
+  records = []  # (step, device metrics) since the last report.
 
   def evaluate(step):
     results = evaluator({'': state.variables(), '_ema': state.variables(ema=True)})
@@ -160,25 +194,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress.update(step)  # Evaluation time does not count as training throughput.
     return results
 
+  def report(step):
+    fetched = jax.device_get(records)
+    records.clear()
+    skipped = check_finite(config, fetched, checkpoints.latest())
+    train_metrics = {**mean_metrics(fetched), **progress.update(step)}
+    if skipped:
+      train_metrics['skipped_steps'] = len(skipped)
+    writer.write(step, {f'train/{k}': v for k, v in train_metrics.items()})
+    if is_main:
+      logging.info('%s', progress_line(step, setup.num_steps, train_metrics))
+
   for step in range(start + 1, setup.num_steps + 1):
     state, metrics = train_step(state, sharding.global_batch(next(batches), setup.mesh))
-    history.append(metrics)
-    if step % config.log_every_steps == 0 or step == setup.num_steps:
-      train_metrics = {**mean_metrics(history), **progress.update(step)}
-      history = []
-      writer.write(step, {f'train/{k}': v for k, v in train_metrics.items()})
-      if is_main:
-        logging.info('%s', progress_line(step, setup.num_steps, train_metrics))
-    if config.eval_every_steps and step % config.eval_every_steps == 0 and \
+    records.append((step, metrics))
+    stop = watcher.should_stop(step)
+    checkpoint_due = stop or (config.checkpoint_every_steps and
+                              step % config.checkpoint_every_steps == 0)
+    if checkpoint_due or stop or step % config.log_every_steps == 0 or step == setup.num_steps:
+      report(step)  # Also the finiteness check that guards every checkpoint.
+    if config.eval_every_steps and step % config.eval_every_steps == 0 and not stop and \
         step != setup.num_steps:
       evaluate(step)
-    if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-      checkpoints.save(state)
+    if checkpoint_due:
+      checkpoints.save(state, force=True)
+    if stop:
+      checkpoints.wait()
+      print(f'Process {jax.process_index()} preempted at step {step}: checkpoint saved in '
+            f'{checkpoints.directory}; rerun the same command to resume.', flush=True)
+      return {'preempted_at_step': step}
 
   results = evaluate(setup.num_steps)
   checkpoints.save(state, force=True)
-  checkpoints.close()
-  writer.close()
   if is_main:
     elapsed = time.monotonic() - started
     line = (f'Finished {config.model} on {config.dataset}: step {setup.num_steps}, '

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from xception_jax.data import preprocessing
-from xception_jax.data.sources import Source
+from xception_jax.data.sources import Part, Source
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -42,14 +42,15 @@ class TrainStream:
   def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
     """Batches of `epoch` from batch `skip_batches` on: {'image', 'label'}."""
     epoch_seed = derived_seed(self.seed, epoch)
-    per_epoch = self.steps_per_epoch * self.local_batch_size
-    ds = self.source.read(self.split, self.process_index, self.process_count,
-                          shuffle_seed=epoch_seed)
-    ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.take(per_epoch).enumerate().skip(skip_batches * self.local_batch_size)
+    part = Part(self.process_index, self.process_count, block=self.local_batch_size)
+    global_batch = self.local_batch_size * self.process_count
+    ds = self.source.read(self.split, part, shuffle_seed=epoch_seed,
+                          shuffle_buffer=self.shuffle_buffer,
+                          limit=self.steps_per_epoch * global_batch)
+    ds = ds.skip(skip_batches * self.local_batch_size)
 
-    def prepare(index, example):
-      seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+    def prepare(position, example):
+      seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
       image = preprocessing.preprocess_for_train(example['image'], self.image_size, seed,
                                                  self.augmentation)
       return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
@@ -85,8 +86,8 @@ def eval_batches(source: Source, split: str, local_batch_size: int, image_size: 
 
   padding = {'image': tf.zeros([image_size, image_size, 3]), 'label': tf.constant(0, tf.int32),
              'mask': tf.constant(0.0)}
-  ds = source.read(split, process_index, process_count).map(
-      prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = source.read(split, Part(process_index, process_count)).map(
+      lambda _, example: prepare(example), num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * local_batch_size).batch(local_batch_size).prefetch(AUTOTUNE)
   return ds, num_batches

@@ -1,11 +1,12 @@
 """Where labelled images come from: TFDS datasets, image folders, bundled digits.
 
-A source yields `{'image': encoded bytes, 'label': int64}` for one process's
-part of a split, in a deterministic order given the shuffle seed.
+A source yields `(position, {'image': encoded bytes, 'label': int64})` for one
+process's part of a split, in a deterministic order given the shuffle seed.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -29,6 +30,31 @@ def _has_imagenet_archives(manual_dir: Optional[str]) -> bool:
       for f in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'))
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """The positions of a split's (shuffled) order that one process reads.
+
+  Positions are cut into blocks of `block` consecutive examples, dealt to the
+  `count` processes in turn. With `block` = the per-process batch, global batch
+  k is process 0's k-th batch, then process 1's, ...: the same examples in the
+  same order whatever the number of processes.
+  """
+  index: int = 0
+  count: int = 1
+  block: int = 1
+
+  def owns(self, position: tf.Tensor) -> tf.Tensor:
+    return (position // self.block) % self.count == self.index
+
+
+def _take_part(ds: tf.data.Dataset, part: Part, limit: Optional[int]) -> tf.data.Dataset:
+  """(position, element) pairs of `part` among the first `limit` elements of `ds`."""
+  ds = ds.enumerate()
+  if limit is not None:
+    ds = ds.take(limit)
+  return ds.filter(lambda position, _: part.owns(position))
+
+
 class Source(abc.ABC):
   """A labelled image dataset split into named splits."""
 
@@ -43,9 +69,12 @@ class Source(abc.ABC):
     """Number of examples in `split` (all processes together)."""
 
   @abc.abstractmethod
-  def read(self, split: str, process_index: int, process_count: int,
-           shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
-    """This process's examples of `split`; file order shuffled by `shuffle_seed` if given."""
+  def read(self, split: str, part: Part = Part(), shuffle_seed: Optional[int] = None,
+           shuffle_buffer: int = 0, limit: Optional[int] = None) -> tf.data.Dataset:
+    """This process's (position, example) pairs of `split`, among the first `limit`.
+
+    With `shuffle_seed` the order is shuffled deterministically from the seed.
+    """
 
 
 class TfdsSource(Source):
@@ -88,6 +117,7 @@ class TfdsSource(Source):
       return self.builder.info.splits[split].num_examples
     return int(self._dataset(split).reduce(np.int64(0), lambda n, _: n + 1))
 
+
   def _dataset(self, split, shuffle_seed=None) -> tf.data.Dataset:
     read_config = self._tfds.ReadConfig(shuffle_seed=shuffle_seed)
     ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
@@ -95,11 +125,20 @@ class TfdsSource(Source):
                                  decoders={'image': self._tfds.decode.SkipDecoding()})
     return ds.map(lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int64)})
 
-  def read(self, split, process_index, process_count, shuffle_seed=None):
-    if self.builder.info.splits:  # Each process reads only its own files' records.
-      sub = self._tfds.even_splits(split, n=process_count)[process_index]
-      return self._dataset(sub, shuffle_seed)
-    return self._dataset(split, shuffle_seed).shard(process_count, process_index)
+  def read(self, split, part=Part(), shuffle_seed=None, shuffle_buffer=0, limit=None):
+    if not self.builder.info.splits:  # Mocked or metadata-less: every process reads it all.
+      ds = self._dataset(split, shuffle_seed)
+      if shuffle_seed is not None and shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+      return _take_part(ds, part, limit)
+    # Each process reads only its own sub-split's files; its k-th example is given the
+    # position k·count + index, so positions stay unique across processes.
+    ds = self._dataset(self._tfds.even_splits(split, n=part.count)[part.index], shuffle_seed)
+    if shuffle_seed is not None and shuffle_buffer:
+      ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    if limit is not None:
+      ds = ds.take(limit // part.count)
+    return ds.enumerate().map(lambda k, example: (k * part.count + part.index, example))
 
 
 class FolderSource(Source):
@@ -133,13 +172,13 @@ class FolderSource(Source):
   def split_size(self, split):
     return len(self.files(split)[0])
 
-  def read(self, split, process_index, process_count, shuffle_seed=None):
+  def read(self, split, part=Part(), shuffle_seed=None, shuffle_buffer=0, limit=None):
     paths, labels = self.files(split)
     ds = tf.data.Dataset.from_tensor_slices((list(paths), np.array(labels, np.int64)))
-    if shuffle_seed is not None:  # Shuffling paths is cheap: shuffle the whole split.
+    if shuffle_seed is not None:  # Paths are cheap: a full permutation of the split.
       ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=False)
-    ds = ds.shard(process_count, process_index)
-    return ds.map(lambda path, label: {'image': tf.io.read_file(path), 'label': label})
+    return _take_part(ds, part, limit).map(
+        lambda position, ex: (position, {'image': tf.io.read_file(ex[0]), 'label': ex[1]}))
 
 
 def write_digits_folder(root: str | os.PathLike, image_size: int = 64) -> Path:

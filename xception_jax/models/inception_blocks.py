@@ -127,7 +127,7 @@ class InceptionBase(nn.Module):
 
   min_input_size = 75
   model_name = 'inception'
-  feature_names: tuple[str, ...] = ()
+  feature_names = ()
 
   def body(self, x, block, layer, features, train: bool):
     raise NotImplementedError

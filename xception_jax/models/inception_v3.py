@@ -43,7 +43,8 @@ MIXED_7A = ((Conv(192, 1), Conv(320, 3, 2, VALID)),
 MODULE_8 = ((Conv(320, 1),), (Conv(384, 1), _expanded(384)),
             (Conv(448, 1), Conv(384, 3), _expanded(384)), (AVG, Conv(192, 1)))
 
-AUX_MIN_MAP = 17  # 5×5/3 VALID pool → 5×5, then the 5×5 VALID conv → 1×1.
+AUX_MIN_MAP = 17    # 5×5/3 VALID pool → 5×5, then the 5×5 VALID conv → 1×1.
+AUX_MIN_INPUT = 299  # The smallest input whose mixed 6e map is 17×17.
 
 
 class AuxHead(nn.Module):
@@ -64,9 +65,9 @@ class AuxHead(nn.Module):
     height, width = x.shape[1:3]
     if min(height, width) < AUX_MIN_MAP:
       raise ValueError(
-          f'The auxiliary head of inception_v3 needs inputs of at least 299x299 (a '
-          f'{AUX_MIN_MAP}x{AUX_MIN_MAP} mixed_6e map), got a {height}x{width} map; use larger '
-          f'images or aux_logits=False.')
+          f'The auxiliary head of inception_v3 needs inputs of at least {AUX_MIN_INPUT}x'
+          f'{AUX_MIN_INPUT} (a {AUX_MIN_MAP}x{AUX_MIN_MAP} mixed_6e map), got a {height}x{width} '
+          f'map; use larger images or aux_logits=False.')
     c = lambda n: scaled_channels(n, self.width_multiplier)
     x = avg_pool(x, 5, 3, 'VALID')
     x = ConvBN(c(128), (1, 1), self.conv, self.norm, name='conv0')(x)
@@ -92,6 +93,7 @@ class InceptionV3(InceptionBase):
   aux_logits: bool = False
 
   model_name = 'inception_v3'
+  aux_min_input_size = AUX_MIN_INPUT
   feature_names = ('conv_2b', 'conv_4a', 'mixed_5', 'mixed_6', 'mixed_7')
 
   def body(self, x, block, layer, features, train):

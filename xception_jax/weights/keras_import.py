@@ -189,7 +189,8 @@ def _in_creation_order(layers: list[KerasLayer], order: Order,
   `named(path, kind)` gives the Keras layers (name, our prefix) of a layer
   that Keras names; every other ConvBN takes the next unnamed conv and batch
   norm (`model.layers` is in graph order, not creation order, so the names'
-  counters decide). Keras layers left over are reported as unused.
+  counters decide), and any other layer has no counterpart. Keras layers
+  left over are reported as unused.
   """
   by_name = {layer.name: layer for layer in layers}
   convs, norms = _auto_named(layers, 'conv2d'), _auto_named(layers, 'batch_normalization')
@@ -198,11 +199,11 @@ def _in_creation_order(layers: list[KerasLayer], order: Order,
   used = set()
   for path, kind in order:
     pairs = named(path, kind)
-    if pairs is None:
+    if pairs is None and kind == 'conv_bn':
       pairs = [(next(convs, None), path + ('conv',)), (next(norms, None), path + ('bn',))]
-    else:
+    elif pairs is not None:
       pairs = [(by_name.get(name), prefix) for name, prefix in pairs]
-    for layer, prefix in pairs:
+    for layer, prefix in pairs or ():
       if layer is None:
         continue
       placed = set(flat)
@@ -214,7 +215,7 @@ def _in_creation_order(layers: list[KerasLayer], order: Order,
 
 
 def _head(path: tree.Path, kind: str):
-  return [('predictions', path)] if kind == 'dense' else None
+  return [('predictions', path)] if path == ('head', 'predictions') else None
 
 
 @register_mapper('inception_v3')

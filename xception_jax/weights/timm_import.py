@@ -161,7 +161,8 @@ def _xception(model) -> list[Entry]:
       _head(model, 'fc')
 
 
-_V3_35 = 'branch1x1 branch5x5_1 branch5x5_2 branch3x3dbl_1 branch3x3dbl_2 branch3x3dbl_3 branch_pool'
+_V3_35 = ('branch1x1 branch5x5_1 branch5x5_2 branch3x3dbl_1 branch3x3dbl_2 branch3x3dbl_3 '
+          'branch_pool')
 _V3_17 = ('branch1x1 branch7x7_1 branch7x7_2 branch7x7_3 branch7x7dbl_1 branch7x7dbl_2 '
           'branch7x7dbl_3 branch7x7dbl_4 branch7x7dbl_5 branch_pool')
 _V3_8 = ('branch1x1 branch3x3_1 branch3x3_2a branch3x3_2b branch3x3dbl_1 branch3x3dbl_2 '

@@ -94,18 +94,19 @@ def test_inception_v3_auxiliary_logits_equal_timm():
                                   bn_momentum=0.99, bn_epsilon=1e-3, bn_scale=True)
   aux = AuxHead(1000, conv, norm).apply({c: variables[c]['aux'] for c in variables},
                                         features['mixed_6'])
-  for ours, expected in ((logits, expected_logits), (aux, expected_aux)):
+  for label, ours, expected in (('logits', logits, expected_logits),
+                                 ('auxiliary logits', aux, expected_aux)):
     difference = np.abs(np.asarray(ours) - expected).max()
-    print(f'inception_v3 logits, auxiliary logits at 299: {difference:.2e}')
+    print(f'inception_v3 {label} at 299: max abs difference {difference:.2e}')
     assert difference < TOLERANCE
   # Training: both use batch statistics. Two images' statistics amplify float32 rounding
   # (timm's float32 output differs from its own float64 by ~1e-4, ~1e-3 on the aux logits).
   expected = [t.detach().numpy() for t in run_timm(timm_model.train(), x)]
   outputs, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
       variables, x)
-  for ours, expected in zip(outputs, expected):
+  for label, ours, expected in zip(('logits', 'auxiliary logits'), outputs, expected):
     difference = np.abs(np.asarray(ours) - expected).max()
-    print(f'inception_v3 training mode (batch statistics) at 299: {difference:.2e}')
+    print(f'inception_v3 {label}, training mode, at 299: max abs difference {difference:.2e}')
     assert difference < 2e-3
 
 
@@ -129,7 +130,9 @@ def test_safetensors_file_without_torch_and_the_convert_command(tmp_path):
   restored = weights.load_variables(tmp_path / 'ckpt')
   x = images(99)
   ours = weights.timm_model('xception', num_classes=10).apply(restored, x)
-  assert np.abs(np.asarray(ours) - run_timm(timm_model, x).numpy()).max() < TOLERANCE
+  difference = np.abs(np.asarray(ours) - run_timm(timm_model, x).numpy()).max()
+  print(f'xception (10 classes) from a safetensors checkpoint at 99: {difference:.2e}')
+  assert difference < TOLERANCE
 
 
 def test_errors_name_the_timm_tensors():

@@ -129,6 +129,15 @@ def test_smallest_input_in_float32_and_bfloat16(name):
     backbone.apply(variables, jnp.zeros((1, 74, 80, 3)))
 
 
+@pytest.mark.parametrize('name, option', [('inception_v4', 'block_repeats'),
+                                          ('inception_resnet_v1', 'block_repeats'),
+                                          ('inception_resnet_v2', 'residual_scales')])
+def test_per_stage_options_need_three_values(name, option):
+  model = models.create_model(name, **{option: (1, 1)})
+  with pytest.raises(ValueError, match=f'{name}: {option} needs one value per stage'):
+    tree.variable_template(model)
+
+
 def train_step(model, variables, x, labels, aux_weight=0.4):
   """(loss, (outputs, BN state)) and gradients of one jitted training step."""
   def loss_fn(params):

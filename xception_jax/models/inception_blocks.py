@@ -110,8 +110,9 @@ class InceptionBase(nn.Module):
   the map. The call returns logits (float32) when `include_top`, otherwise
   the last map pooled by `pooling` ('avg', 'max' or None);
   `return_features=True` returns `(output, features)`. A subclass with an
-  auxiliary classifier returns its logits from `auxiliary(features, conv, norm)`; they
-  are computed only in training (and at init, so that their variables exist).
+  auxiliary classifier returns its logits from `auxiliary(features, conv,
+  norm)`; they are computed only in training (and at init, so that their
+  variables exist).
   """
   num_classes: int = 1000
   include_top: bool = True
@@ -181,7 +182,7 @@ AVG = Pool('avg', 3, 1, 'SAME')       # The pooling branch of the Inception modu
 VALID = 'VALID'
 
 # Inception-V3's stem (Keras/slim), shared by Inception-ResNet-v1 and -v2; all but its
-# last pool. Strides 2, 2, 2, 4, 4, 4 at the six convs.
+# last pool. Its five convs output at strides 2, 2, 2, 4, 4.
 V3_STEM = (
     ('conv_1a', Conv(32, 3, 2, VALID)),
     ('conv_2a', Conv(32, 3, 1, VALID)),
@@ -195,6 +196,13 @@ V3_STEM = (
 def reduction_a(k: int, l: int, m: int, n: int) -> tuple[Branch, ...]:
   """35×35 → 17×17 reduction of the v4 paper (Fig. 7, filter counts of its Table 1)."""
   return ((Conv(n, 3, 2, VALID),), (Conv(k, 1), Conv(l, 3), Conv(m, 3, 2, VALID)), (REDUCE,))
+
+
+def per_stage(values: Sequence, option: str, model_name: str) -> tuple:
+  """`values` as a tuple after checking it has one entry per stage (three)."""
+  if len(values) != 3:
+    raise ValueError(f'{model_name}: {option} needs one value per stage (3), got {values!r}.')
+  return tuple(values)
 
 
 def residual_stages(x, block, stages, scales: Sequence[float], features: dict,

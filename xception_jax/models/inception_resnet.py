@@ -12,7 +12,7 @@ from typing import Sequence
 
 from xception_jax.models import registry
 from xception_jax.models.inception_blocks import (AVG, REDUCE, V3_STEM, VALID, Conv,
-                                                  InceptionBase, pool, reduction_a,
+                                                  InceptionBase, per_stage, pool, reduction_a,
                                                   residual_stages, run_stem)
 
 _STEM_FEATURES = ('conv_2b', 'conv_4a')
@@ -51,7 +51,10 @@ class _InceptionResNet(InceptionBase):
   residual_scales: Sequence[float] = (0.17, 0.10, 0.20)
 
   def stages(self, mixed_6a, mixed_7a, modules):
-    return tuple(zip(('block35', 'block17', 'block8'), modules, self.block_repeats,
+    """The (name, branches, repeats, reduction) of the three residual stages."""
+    per_stage(self.residual_scales, 'residual_scales', self.model_name)
+    repeats = per_stage(self.block_repeats, 'block_repeats', self.model_name)
+    return tuple(zip(('block35', 'block17', 'block8'), modules, repeats,
                      (('mixed_6a', mixed_6a), ('mixed_7a', mixed_7a), None)))
 
 

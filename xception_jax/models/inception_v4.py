@@ -10,7 +10,8 @@ from typing import Sequence
 
 from xception_jax.models import registry
 from xception_jax.models.inception_blocks import (AVG, REDUCE, V3_STEM, VALID, Conv,
-                                                  InceptionBase, Split, reduction_a, run_stem)
+                                                  InceptionBase, Split, per_stage, reduction_a,
+                                                  run_stem)
 
 # Stem (Fig. 3) after its three plain convs: the two branches of each mixed block.
 MIXED_3A = ((REDUCE,), (Conv(96, 3, 2, VALID),))
@@ -58,7 +59,8 @@ class InceptionV4(InceptionBase):
     x = block(MIXED_5A, name='mixed_5a')(x)
     stages = (('a', INCEPTION_A, REDUCTION_A), ('b', INCEPTION_B, REDUCTION_B),
               ('c', INCEPTION_C, None))
-    for (letter, module, reduction), repeats in zip(stages, self.block_repeats):
+    repeats_per_stage = per_stage(self.block_repeats, 'block_repeats', self.model_name)
+    for (letter, module, reduction), repeats in zip(stages, repeats_per_stage):
       for i in range(repeats):
         x = block(module, name=f'inception_{letter}_{i + 1}')(x)
       features[f'inception_{letter}'] = x

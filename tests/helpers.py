@@ -1,6 +1,7 @@
 """Small utilities shared by the tests."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xception_jax.weights import tree
 
@@ -15,3 +16,25 @@ def init(model, image_size: int, batch: int = 2, seed: int = 0):
   """Real variables for `model` at `image_size`."""
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
   return model.init(jax.random.PRNGKey(seed), x, train=False)
+
+
+def random_variables(model, image_size=None, seed: int = 0):
+  """Random variables for `model` made with numpy: no initialiser for XLA to compile.
+
+  He-normal kernels, small random biases, and BN statistics, γ and β away
+  from their defaults (defaults would hide mistakes).
+  """
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    shape, name = leaf.shape, path[-1].key
+    if name == 'kernel':
+      fan_in = int(np.prod(shape[:-1]))
+      value = rng.normal(0, np.sqrt(2 / fan_in), shape)
+    elif name in ('scale', 'var'):
+      value = rng.uniform(0.5, 1.5, shape)
+    else:  # bias, mean
+      value = rng.normal(0, 0.1, shape)
+    return value.astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(make, tree.variable_template(model, image_size))

@@ -55,15 +55,17 @@ def check_input_size(x: jnp.ndarray, minimum: int, model_name: str) -> None:
                      f'got {height}x{width}; resize or pad the images.')
 
 
-def max_pool(x: jnp.ndarray, window: int, stride: int, padding: str = 'SAME') -> jnp.ndarray:
+def max_pool(x: jnp.ndarray, window: int, stride: int, padding: Any = 'SAME') -> jnp.ndarray:
+  """Max pool; `padding` is SAME, VALID or explicit ((top, bottom), (left, right)) pairs."""
   return nn.max_pool(x, (window, window), (stride, stride), padding)
 
 
 def avg_pool(x: jnp.ndarray, window: int, stride: int, padding: str = 'SAME',
              count_include_pad: bool = False) -> jnp.ndarray:
-  """Average pool; by default TF's SAME convention (padding not counted)."""
-  return nn.avg_pool(x, (window, window), (stride, stride), padding,
-                     count_include_pad=count_include_pad)
+  """Average pool in `x`'s dtype; by default TF's SAME convention (padding not counted)."""
+  y = nn.avg_pool(x, (window, window), (stride, stride), padding,
+                  count_include_pad=count_include_pad)
+  return y.astype(x.dtype)  # Flax divides by a float32 count map, which would promote bf16.
 
 
 def global_pool(x: jnp.ndarray, kind: Optional[str]) -> jnp.ndarray:

@@ -20,12 +20,18 @@ from xception_jax.models.layers import (ClassifierHead, ConvBN, ModuleDef, Separ
                                         scaled_channels)
 
 
+# TF's SAME pads a stride-2 3×3 pool 0 before / 1 after on even sizes; PyTorch pads 1 / 1
+# (timm's legacy_xception), which shifts every window by one pixel there.
+POOL_PADDINGS = {'same': 'SAME', 'symmetric': ((1, 1), (1, 1))}
+
+
 class XceptionModule(nn.Module):
   """Separable convs, each preceded by ReLU, plus a shortcut added at the end.
 
   `downsample=True`: a 3×3/2 max pool closes the main path and the shortcut is
   a 1×1/2 conv + BN (entry flow, block 13); otherwise the shortcut is the
   identity (middle flow). `residual=False` drops the shortcut (paper Fig. 9).
+  `pool_padding`: 'same' (TF, Keras) or 'symmetric' (PyTorch, timm).
   """
   widths: Sequence[int]
   sep: ModuleDef
@@ -34,6 +40,7 @@ class XceptionModule(nn.Module):
   downsample: bool
   residual: bool = True
   relu_first: bool = True
+  pool_padding: str = 'same'
 
   @nn.compact
   def __call__(self, x):
@@ -43,7 +50,7 @@ class XceptionModule(nn.Module):
         x = nn.relu(x)
       x = self.sep(width, name=f'sepconv{i + 1}')(x)
     if self.downsample:
-      x = max_pool(x, 3, 2)
+      x = max_pool(x, 3, 2, POOL_PADDINGS[self.pool_padding])
     if not self.residual:
       return x
     if self.downsample:
@@ -72,6 +79,7 @@ class Xception(nn.Module):
   channel_segments: Optional[int] = None    # None = depthwise; 1 = full 3×3 conv (§1.2).
   width_multiplier: float = 1.0
   middle_flow_repeats: int = 8
+  pool_padding: str = 'same'                # 'symmetric': timm's legacy_xception.
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_scale: bool = True
@@ -84,6 +92,8 @@ class Xception(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
     check_input_size(x, self.min_input_size, 'xception')
+    if self.pool_padding not in POOL_PADDINGS:
+      raise ValueError(f"pool_padding must be 'same' or 'symmetric', got {self.pool_padding!r}.")
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale)
@@ -91,7 +101,7 @@ class Xception(nn.Module):
         SeparableConvBN, conv=conv, norm=norm, segments=self.channel_segments,
         intermediate_activation=activation_by_name(self.intermediate_activation))
     module = functools.partial(XceptionModule, sep=sep, conv=conv, norm=norm,
-                               residual=self.residual)
+                               residual=self.residual, pool_padding=self.pool_padding)
     c = functools.partial(scaled_channels, width_multiplier=self.width_multiplier)
     exit_block = 5 + self.middle_flow_repeats
     features = {}

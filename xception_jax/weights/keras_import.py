@@ -17,8 +17,10 @@ import numpy as np
 from xception_jax import models
 from xception_jax.weights import tree
 
-KERAS_APPLICATIONS = {'xception': 'Xception'}
-_MAPPERS: dict[str, Callable[[list['KerasLayer']], dict[tree.Path, np.ndarray]]] = {}
+KERAS_APPLICATIONS = {'xception': 'Xception', 'inception_v3': 'InceptionV3',
+                      'inception_resnet_v2': 'InceptionResNetV2'}
+Order = list[tuple[tree.Path, str]]
+_MAPPERS: dict[str, Callable[[list['KerasLayer'], Order], tree.Converted]] = {}
 
 
 class KerasLayer:
@@ -35,7 +37,10 @@ class KerasLayer:
 
 
 def register_mapper(name: str):
-  """Decorator: `fn(layers) -> {flax path: array}` converts Keras model `name`."""
+  """Decorator: `fn(layers, order) -> tree.Converted` converts Keras model `name`.
+
+  `order` is our model's `tree.layer_order`, for sources whose layers pair by position.
+  """
   def register(fn):
     _MAPPERS[name] = fn
     return fn
@@ -112,14 +117,15 @@ def from_keras(name: str, model_or_path: Any, **model_kwargs) -> dict[str, Any]:
   if name not in _MAPPERS:
     raise ValueError(f'No Keras import for {name!r}; supported: {", ".join(sorted(_MAPPERS))}.')
   layers = keras_layers(load_keras_model(name, model_or_path))
-  flat = _MAPPERS[name](layers)
   head = [l for l in layers if l.kind == 'Dense' and l.name == 'predictions']
   model_kwargs.setdefault('include_top', bool(head))
   if head:
     model_kwargs.setdefault('num_classes', head[0].variables['kernel'].shape[-1])
   model = models.create_model(name, **model_kwargs)
-  return tree.fill_variables(tree.variable_template(model, model.min_input_size), flat,
-                             source=f'Keras {name}')
+  order, template = tree.layer_order(model)
+  converted = _MAPPERS[name](layers, order)
+  return tree.fill_variables(template, converted.flat, f'Keras {name}', converted.origins,
+                             converted.unused)
 
 
 def _put(flat, prefix: tree.Path, layer: KerasLayer) -> None:
@@ -140,7 +146,7 @@ def _put(flat, prefix: tree.Path, layer: KerasLayer) -> None:
 
 
 @register_mapper('xception')
-def _xception(layers: list[KerasLayer]) -> dict[tree.Path, np.ndarray]:
+def _xception(layers: list[KerasLayer], order: Order) -> tree.Converted:
   # Keras leaves the four shortcut convs and their BNs unnamed (conv2d, conv2d_1, ...);
   # they belong, in model order, to the downsampling blocks.
   blocks = ('block2', 'block3', 'block4', 'block13')
@@ -162,4 +168,67 @@ def _xception(layers: list[KerasLayer]) -> dict[tree.Path, np.ndarray]:
     else:
       raise ValueError(f'Unexpected Keras layer {layer.name} in an Xception model.')
     _put(flat, prefix, layer)
-  return flat
+  return tree.Converted(flat, {}, [])
+
+
+_AUTO_NAME = re.compile(r'(conv2d|batch_normalization)(?:_(\d+))?')
+
+
+def _auto_named(layers: list[KerasLayer], base: str) -> Iterator[KerasLayer]:
+  """The layers Keras named itself `base`, `base_1`, `base_2`, ...: in creation order."""
+  numbered = [(int(m[2] or 0), layer) for layer in layers
+              if (m := _AUTO_NAME.fullmatch(layer.name)) and m[1] == base]
+  return iter([layer for _, layer in sorted(numbered, key=lambda item: item[0])])
+
+
+def _in_creation_order(layers: list[KerasLayer], order: Order,
+                       named: Callable[[tree.Path, str], Optional[list[tuple[str, tree.Path]]]]
+                       ) -> tree.Converted:
+  """Pairs our layers, in call order, with Keras' layers, in creation order.
+
+  `named(path, kind)` gives the Keras layers (name, our prefix) of a layer
+  that Keras names; every other ConvBN takes the next unnamed conv and batch
+  norm (`model.layers` is in graph order, not creation order, so the names'
+  counters decide), and any other layer has no counterpart. Keras layers
+  left over are reported as unused.
+  """
+  by_name = {layer.name: layer for layer in layers}
+  convs, norms = _auto_named(layers, 'conv2d'), _auto_named(layers, 'batch_normalization')
+  flat: dict[tree.Path, np.ndarray] = {}
+  origins: dict[tree.Path, str] = {}
+  used = set()
+  for path, kind in order:
+    pairs = named(path, kind)
+    if pairs is None and kind == 'conv_bn':
+      pairs = [(next(convs, None), path + ('conv',)), (next(norms, None), path + ('bn',))]
+    elif pairs is not None:
+      pairs = [(by_name.get(name), prefix) for name, prefix in pairs]
+    for layer, prefix in pairs or ():
+      if layer is None:
+        continue
+      placed = set(flat)
+      _put(flat, prefix, layer)
+      origins.update({p: f'Keras {layer.name}' for p in set(flat) - placed})
+      used.add(layer.name)
+  return tree.Converted(flat, origins, [f'Keras layer {layer.name}' for layer in layers
+                                        if layer.name not in used])
+
+
+def _head(path: tree.Path, kind: str):
+  return [('predictions', path)] if path == ('head', 'predictions') else None
+
+
+@register_mapper('inception_v3')
+def _inception_v3(layers: list[KerasLayer], order: Order) -> tree.Converted:
+  return _in_creation_order(layers, order, _head)
+
+
+@register_mapper('inception_resnet_v2')
+def _inception_resnet_v2(layers: list[KerasLayer], order: Order) -> tree.Converted:
+  def named(path, kind):
+    if kind == 'conv':  # The residual blocks' expansion convs: block35_1_conv, ...
+      return [(f'{path[0]}_conv', path)]
+    if path == ('conv_7b',):
+      return [('conv_7b', path + ('conv',)), ('conv_7b_bn', path + ('bn',))]
+    return _head(path, kind)
+  return _in_creation_order(layers, order, named)

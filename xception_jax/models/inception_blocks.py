@@ -1,0 +1,225 @@
+"""What the Inception family shares: branch specs, the multi-branch block, the model skeleton.
+
+A block is a tuple of branches; a branch is a tuple of steps run in order on
+the block input: `Conv` (conv → BN → ReLU), `Pool`, or `Split` (convs run in
+parallel on the same input, concatenated: the expanded filter banks of
+Inception-V3 Fig. 7). Widths are the references'; a model's width multiplier
+scales them in one place. Conv modules are named `branch{i}_{j}` (j counts the
+convs of branch i; the convs of a split get suffixes a, b), so call order,
+creation order and the tables of the weight importers agree.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from xception_jax.models.layers import (Activation, ClassifierHead, ConvBN, ModuleDef, avg_pool,
+                                        check_input_size, conv_and_norm_defs, global_pool,
+                                        max_pool, scaled_channels)
+
+
+class Conv(NamedTuple):
+  """conv (no bias) → BN → ReLU with `features` output channels at width multiplier 1."""
+  features: int
+  kernel: Union[int, tuple[int, int]]
+  stride: int = 1
+  padding: str = 'SAME'
+
+
+class Pool(NamedTuple):
+  """'max' or 'avg' pooling; SAME average pooling excludes padding unless the model says."""
+  kind: str
+  window: int = 3
+  stride: int = 1
+  padding: str = 'SAME'
+
+
+class Split(NamedTuple):
+  """Convs applied side by side to one input; their outputs are concatenated."""
+  convs: tuple[Conv, ...]
+
+
+Step = Union[Conv, Pool, Split]
+Branch = tuple[Step, ...]
+
+
+def conv_bn(spec: Conv, conv: ModuleDef, norm: ModuleDef, width_multiplier: float,
+            name: str) -> ConvBN:
+  """The ConvBN module for `spec`, its width scaled."""
+  kernel = (spec.kernel, spec.kernel) if isinstance(spec.kernel, int) else spec.kernel
+  return ConvBN(scaled_channels(spec.features, width_multiplier), kernel, conv, norm,
+                strides=spec.stride, padding=spec.padding, name=name)
+
+
+def pool(x: jnp.ndarray, spec: Pool, count_include_pad: bool) -> jnp.ndarray:
+  if spec.kind == 'max':
+    return max_pool(x, spec.window, spec.stride, spec.padding)
+  return avg_pool(x, spec.window, spec.stride, spec.padding, count_include_pad)
+
+
+class InceptionBlock(nn.Module):
+  """Branches on one input, concatenated along channels; optionally a residual block.
+
+  With `residual_scale` set it is an Inception-ResNet block (v4 paper §3.2):
+  the concatenation goes through a linear 1×1 "filter expansion" conv (bias,
+  no BN) back to the input width, is multiplied by `residual_scale`, added to
+  the input, and passed through `activation` (None: the sum itself).
+  """
+  branches: Sequence[Branch]
+  conv: ModuleDef
+  norm: ModuleDef
+  width_multiplier: float = 1.0
+  count_include_pad: bool = False
+  residual_scale: Optional[float] = None
+  activation: Activation = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    layer = functools.partial(conv_bn, conv=self.conv, norm=self.norm,
+                              width_multiplier=self.width_multiplier)
+    outputs = []
+    for i, branch in enumerate(self.branches):
+      y, j = x, 0
+      for step in branch:
+        if isinstance(step, Pool):
+          y = pool(y, step, self.count_include_pad)
+          continue
+        if isinstance(step, Split):
+          y = jnp.concatenate([layer(s, name=f'branch{i}_{j}{"ab"[k]}')(y)
+                               for k, s in enumerate(step.convs)], axis=-1)
+        else:
+          y = layer(step, name=f'branch{i}_{j}')(y)
+        j += 1
+      outputs.append(y)
+    y = jnp.concatenate(outputs, axis=-1)
+    if self.residual_scale is None:
+      return y
+    y = self.conv(x.shape[-1], (1, 1), use_bias=True, name='expansion')(y)
+    y = x + self.residual_scale * y
+    return y if self.activation is None else self.activation(y)
+
+
+class InceptionBase(nn.Module):
+  """Options and call contract shared by the Inception models (not registered itself).
+
+  A subclass implements `body(x, block, layer, features, train)`: it runs the
+  network to its last feature map, stores the named features, and returns
+  the map. The call returns logits (float32) when `include_top`, otherwise
+  the last map pooled by `pooling` ('avg', 'max' or None);
+  `return_features=True` returns `(output, features)`. A subclass with an
+  auxiliary classifier returns its logits from `auxiliary(features, conv,
+  norm)`; they are computed only in training (and at init, so that their
+  variables exist).
+  """
+  num_classes: int = 1000
+  include_top: bool = True
+  pooling: Optional[str] = 'avg'
+  dropout_rate: float = 0.2                 # slim: dropout keep probability 0.8.
+  width_multiplier: float = 1.0
+  avg_pool_count_include_pad: bool = False  # True: PyTorch's default (timm inception_v3).
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  bn_scale: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  min_input_size = 75
+  model_name = 'inception'
+  feature_names = ()
+
+  def body(self, x, block, layer, features, train: bool):
+    raise NotImplementedError
+
+  def auxiliary(self, features, conv, norm) -> Optional[jnp.ndarray]:
+    """Auxiliary logits from the features, or None (no auxiliary classifier)."""
+    return None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, return_features: bool = False):
+    check_input_size(x, self.min_input_size, self.model_name)
+    conv, norm = conv_and_norm_defs(
+        train=train, dtype=self.dtype, param_dtype=self.param_dtype,
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale)
+    block = functools.partial(InceptionBlock, conv=conv, norm=norm,
+                              width_multiplier=self.width_multiplier,
+                              count_include_pad=self.avg_pool_count_include_pad)
+    layer = functools.partial(conv_bn, conv=conv, norm=norm,
+                              width_multiplier=self.width_multiplier)
+    features = {}
+    x = self.body(jnp.asarray(x, self.dtype), block, layer, features, train)
+    if not self.include_top:
+      x = global_pool(x, self.pooling)
+    else:
+      aux = self.auxiliary(features, conv, norm) if train or self.is_initializing() else None
+      x = ClassifierHead(self.num_classes, self.dropout_rate, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name='head')(x, train)
+      if aux is not None and train:
+        x = (x, aux)
+    return (x, features) if return_features else x
+
+
+def run_stem(x, steps: Sequence[tuple[Optional[str], Step]], layer, features: dict,
+             record: Sequence[str] = ()):
+  """Runs named `(name, Conv)` and unnamed `(None, Pool)` steps in order.
+
+  The outputs of the convs named in `record` are stored in `features`.
+  """
+  for name, step in steps:
+    if isinstance(step, Pool):
+      x = pool(x, step, count_include_pad=False)
+    else:
+      x = layer(step, name=name)(x)
+      if name in record:
+        features[name] = x
+  return x
+
+
+REDUCE = Pool('max', 3, 2, 'VALID')   # The grid reduction pool of every Inception model.
+AVG = Pool('avg', 3, 1, 'SAME')       # The pooling branch of the Inception modules.
+VALID = 'VALID'
+
+# Inception-V3's stem (Keras/slim), shared by Inception-ResNet-v1 and -v2; all but its
+# last pool. Its five convs output at strides 2, 2, 2, 4, 4.
+V3_STEM = (
+    ('conv_1a', Conv(32, 3, 2, VALID)),
+    ('conv_2a', Conv(32, 3, 1, VALID)),
+    ('conv_2b', Conv(64, 3)),
+    (None, REDUCE),
+    ('conv_3b', Conv(80, 1, 1, VALID)),
+    ('conv_4a', Conv(192, 3, 1, VALID)),
+)
+
+
+def reduction_a(k: int, l: int, m: int, n: int) -> tuple[Branch, ...]:
+  """35×35 → 17×17 reduction of the v4 paper (Fig. 7, filter counts of its Table 1)."""
+  return ((Conv(n, 3, 2, VALID),), (Conv(k, 1), Conv(l, 3), Conv(m, 3, 2, VALID)), (REDUCE,))
+
+
+def per_stage(values: Sequence, option: str, model_name: str) -> tuple:
+  """`values` as a tuple after checking it has one entry per stage (three)."""
+  if len(values) != 3:
+    raise ValueError(f'{model_name}: {option} needs one value per stage (3), got {values!r}.')
+  return tuple(values)
+
+
+def residual_stages(x, block, stages, scales: Sequence[float], features: dict,
+                    last_linear: bool = False):
+  """Inception-ResNet stages: `stages` lists (name, branches, repeats, reduction or None).
+
+  Block i of stage `name` is named `{name}_{i}` (Keras' names); the stage's
+  output is stored as feature `name`. The reduction after a stage is named by
+  its tuple's first element. `last_linear`: the network's very last block has
+  scale 1.0 and no ReLU (Inception-ResNet-v2, as every reference has it).
+  """
+  for stage, ((name, branches, repeats, reduction), scale) in enumerate(zip(stages, scales)):
+    for i in range(repeats):
+      final = last_linear and stage == len(stages) - 1 and i == repeats - 1
+      x = block(branches, residual_scale=1.0 if final else scale,
+                activation=None if final else nn.relu, name=f'{name}_{i + 1}')(x)
+    features[name] = x
+    if reduction is not None:
+      x = block(reduction[1], name=reduction[0])(x)
+  return x

@@ -10,31 +10,48 @@ import pytest
 from data_helpers import make_image_folder
 from run_helpers import checkpoint_steps, start_launcher, tiny_run_flags, wait_for_step
 from xception_jax.checkpoints import Checkpoints
+from xception_jax.metric_writers import read_metrics
+
+
+def max_difference(a, b) -> float:
+  """Largest |a − b| over the leaves of two trees."""
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
 def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)
+  # Global-batch BN and a modest learning rate keep the comparison readable: float32
+  # summation-order noise is ~1e-7 after one step, but BN's backward pass (a long, cancelling
+  # reduction) amplifies it ~100x per step in the depthwise kernels of this tiny random net.
+  flags = dict(config__total_steps=3, config__batch_size=16, config__batch_norm='global',
+               config__learning_rate=0.005)
   runs = {}
   for processes, devices in ((2, 2), (1, 4)):
     workdir = tmp_path / f'{processes}x{devices}'
     log = tmp_path / f'{processes}x{devices}.log'
-    launcher = start_launcher(tiny_run_flags(data, workdir, config__total_steps=3), processes,
-                              devices, log)
+    launcher = start_launcher(tiny_run_flags(data, workdir, **flags), processes, devices, log)
     assert launcher.wait(timeout=900) == 0, log.read_text()[-4000:]
-    runs[processes] = (Checkpoints(workdir / 'checkpoints').restore_arrays(3),
-                       json.loads((workdir / 'final_metrics.json').read_text()))
-  (two, two_eval), (one, one_eval) = runs[2], runs[1]
-  start = Checkpoints(tmp_path / '1x4' / 'checkpoints').restore_arrays(1)  # For update scales.
-  # The same global batches, in the same order; only float32 summation order differs.
-  for a, b in zip(jax.tree.leaves(two['params']), jax.tree.leaves(one['params'])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(two['batch_stats']), jax.tree.leaves(one['batch_stats'])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert int(two['step']) == int(one['step']) == 3 and start is not None
-  assert two_eval['count'] == one_eval['count'] == 40
+    checkpoints = Checkpoints(workdir / 'checkpoints')
+    runs[processes] = {'step1': checkpoints.restore_arrays(1),
+                       'step3': checkpoints.restore_arrays(3),
+                       'train': [r['train/loss'] for r in read_metrics(workdir)
+                                 if 'train/loss' in r],
+                       'eval': json.loads((workdir / 'final_metrics.json').read_text())}
+  two, one = runs[2], runs[1]
+  # The same global batches in the same order: equal losses, step after step.
+  np.testing.assert_allclose(two['train'][:2], one['train'][:2], rtol=1e-5)
+  np.testing.assert_allclose(two['train'], one['train'], rtol=1e-3)
+  after_one = max_difference(two['step1']['params'], one['step1']['params'])
+  after_three = max_difference(two['step3']['params'], one['step3']['params'])
+  print(f'2x2 vs 1x4: max abs parameter difference after 1 step {after_one:.2e}, '
+        f'after 3 steps {after_three:.2e}')
+  assert after_one < 1e-5
+  assert after_three < 1e-3
+  assert max_difference(two['step3']['batch_stats'], one['step3']['batch_stats']) < 1e-3
+  assert two['eval']['count'] == one['eval']['count'] == 40
   for key in ('top1', 'top5', 'top1_ema', 'top5_ema'):
-    assert abs(two_eval[key] - one_eval[key]) <= 1 / 40  # At most one borderline example.
-  assert two_eval['loss'] == pytest.approx(one_eval['loss'], rel=1e-3)
+    assert abs(two['eval'][key] - one['eval'][key]) <= 1 / 40  # At most one borderline example.
+  assert two['eval']['loss'] == pytest.approx(one['eval']['loss'], rel=1e-3)
 
 
 def test_sigterm_stops_both_processes_at_one_checkpoint_and_the_rerun_completes(tmp_path):

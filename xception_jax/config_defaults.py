@@ -84,16 +84,43 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def local_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks a config to a seconds-long smoke run on the bundled digits (CPU-friendly)."""
+  """Shrinks a config to a seconds-long smoke run on the bundled digits (CPU-friendly).
+
+  The recipe (optimizer, schedule, regularisation) stays; the model becomes
+  its `tiny_options` variant at its smallest input size.
+  """
+  from xception_jax import models
+  model_class = models.model_class(c.model)
   c.dataset = 'digits'
   c.train_split, c.eval_split = 'train', 'test'
-  c.image_size = 71
+  c.image_size = model_class.min_input_size
   c.batch_size = 16
   c.total_steps = 4
   c.log_every_steps = 2
   c.checkpoint_every_steps = 2
   c.reference_batch_size = 0
-  c.model_kwargs.width_multiplier = 0.25
-  if c.model == 'xception':
-    c.model_kwargs.middle_flow_repeats = 1
+  c.model_kwargs.update(model_class.tiny_options)
+  return c
+
+
+def inception_rmsprop_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The Inception-v4 paper's recipe (§4): TF RMSprop (decay 0.9, ε 1.0, momentum 0.9),
+  lr 0.045 ×0.94 every 2 epochs, Polyak averaging; slim's wd 4e-5 and label smoothing 0.1.
+
+  The paper trained on 20 GPU replicas; at 32 images each that is 640 per step,
+  the reference batch for the learning rate.
+  """
+  c.optimizer = 'rmsprop'
+  c.rmsprop_decay, c.rmsprop_epsilon, c.momentum = 0.9, 1.0, 0.9
+  c.learning_rate = 0.045
+  c.reference_batch_size = 640
+  c.lr_decay_rate, c.lr_decay_epochs = 0.94, 2
+  c.weight_decay = 4e-5
+  c.label_smoothing = 0.1
+  c.ema_decay = 0.9999
+  c.dataset = 'imagenet2012'
+  c.image_size = 299
+  c.batch_size = 1024
+  c.num_epochs = 100
+  c.eval_every_steps = 2 * 1251     # About every 2 epochs at 1,024 per step.
   return c

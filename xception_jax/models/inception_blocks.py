@@ -127,6 +127,7 @@ class InceptionBase(nn.Module):
   param_dtype: Any = jnp.float32
 
   min_input_size = 75
+  tiny_options = {'width_multiplier': 0.25}  # Seconds-per-step variant (smoke runs).
   model_name = 'inception'
   feature_names = ()
 

@@ -72,6 +72,7 @@ class InceptionResNetV1(_InceptionResNet):
   block_repeats: Sequence[int] = (5, 10, 5)
 
   model_name = 'inception_resnet_v1'
+  tiny_options = {'width_multiplier': 0.25, 'block_repeats': (1, 1, 1)}
   feature_names = ('conv_2b', 'conv_4a', 'block35', 'block17', 'block8')
 
   def body(self, x, block, layer, features, train):
@@ -94,6 +95,7 @@ class InceptionResNetV2(_InceptionResNet):
   block_repeats: Sequence[int] = (10, 20, 10)
 
   model_name = 'inception_resnet_v2'
+  tiny_options = {'width_multiplier': 0.25, 'block_repeats': (1, 1, 1)}
   feature_names = ('conv_2b', 'conv_4a', 'block35', 'block17', 'block8', 'conv_7b')
 
   def body(self, x, block, layer, features, train):

@@ -50,6 +50,7 @@ class InceptionV4(InceptionBase):
   block_repeats: Sequence[int] = (4, 7, 3)
 
   model_name = 'inception_v4'
+  tiny_options = {'width_multiplier': 0.25, 'block_repeats': (1, 1, 1)}
   feature_names = ('conv_2b', 'mixed_4a', 'inception_a', 'inception_b', 'inception_c')
 
   def body(self, x, block, layer, features, train):

@@ -87,6 +87,8 @@ class Xception(nn.Module):
   param_dtype: Any = jnp.float32
 
   min_input_size = 71
+  # A seconds-per-step variant for smoke runs and tests.
+  tiny_options = {'width_multiplier': 0.25, 'middle_flow_repeats': 1}
   feature_names = ('stem', 'block2', 'block3', 'entry_flow', 'middle_flow', 'exit_flow')
 
   @nn.compact

@@ -1,5 +1,6 @@
 """Test-wide settings; they must be in place before jax, keras or tensorflow load."""
 import os
+import tempfile
 
 # Keras is the reference implementation; run it on the JAX backend like our models.
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -8,3 +9,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
+# One persistent XLA cache per session, shared by the xdist workers and the training
+# processes the tests start (they inherit the environment): the many short training runs
+# of the same tiny model compile each step once instead of once per run.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='xception-jax-xla-'))

@@ -85,6 +85,16 @@ def test_two_processes_split_the_training_data(tmp_path):
   assert len(set(parts[0]) | set(parts[1])) == 16
 
 
+def test_global_batches_do_not_depend_on_the_process_count(tmp_path):
+  root = make_image_folder(tmp_path, classes=3, per_class=8)  # 24 images: 3 steps of 8.
+  one = take(stream(root, local_batch_size=8, steps_per_epoch=3).batches(0), 4)
+  parts = [take(stream(root, local_batch_size=4, steps_per_epoch=3, process_index=i,
+                       process_count=2).batches(0), 4) for i in range(2)]
+  for step, batch in enumerate(one):  # Process 0's batch, then process 1's: the same images.
+    together = np.concatenate([parts[0][step]['image'], parts[1][step]['image']])
+    np.testing.assert_array_equal(together, batch['image'])
+
+
 @pytest.mark.parametrize('process_count', [1, 2, 3])
 def test_evaluation_counts_every_example_exactly_once(tmp_path, process_count):
   root = make_image_folder(tmp_path, classes=3, per_class=5, splits=('train', 'test'))

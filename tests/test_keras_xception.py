@@ -58,6 +58,14 @@ def test_backbone_equals_keras_without_top(pooling):
   assert np.abs(np.asarray(ours) - expected).max() < TOLERANCE
 
 
+def test_backbone_only_import_from_a_model_with_top(keras_xception, converted):
+  backbone = weights.from_keras('xception', keras_xception, include_top=False)
+  assert 'head' not in backbone['params']
+  without_head = {k: {m: v for m, v in tree.items() if m != 'head'}
+                  for k, tree in converted.items()}
+  jax.tree.map(np.testing.assert_array_equal, backbone, without_head)
+
+
 def test_every_keras_file_format_converts_to_the_same_weights(keras_xception, converted,
                                                                tmp_path):
   legacy = tmp_path / 'xception_weights_tf_dim_ordering_tf_kernels.h5'

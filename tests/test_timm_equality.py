@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# torch imports triton when present; triton (unused on CPU) segfaults when it loads after
+# TensorFlow in one process, which other test modules import first. torch runs without it.
+sys.modules.setdefault('triton', None)
 timm = pytest.importorskip('timm')
 torch = pytest.importorskip('torch')
 

@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
@@ -61,8 +60,3 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """Assembles per-process numpy batches into global arrays sharded over 'data'."""
   sharding = data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
-
-
-def flat_paths(tree: Any) -> list[str]:
-  """'a/b/c' names of a nested dict's leaves (for messages and rules)."""
-  return ['/'.join(p) for p in traverse_util.flatten_dict(tree)]

@@ -111,15 +111,19 @@ def from_keras(name: str, model_or_path: Any, **model_kwargs) -> dict[str, Any]:
 
   The returned tree fits `models.create_model(name, num_classes=C,
   include_top=T, **model_kwargs)` where C and T are those of the Keras model
-  (a model without the dense layer gives `include_top=False`). Raises a
-  ValueError naming every missing, unexpected or mis-shaped tensor.
+  (a model without the dense layer gives `include_top=False`; passing
+  `include_top=False` for one with it imports the backbone only, as
+  `from_timm` does). Raises a ValueError naming every missing, unexpected or
+  mis-shaped tensor.
   """
   if name not in _MAPPERS:
     raise ValueError(f'No Keras import for {name!r}; supported: {", ".join(sorted(_MAPPERS))}.')
   layers = keras_layers(load_keras_model(name, model_or_path))
   head = [l for l in layers if l.kind == 'Dense' and l.name == 'predictions']
   model_kwargs.setdefault('include_top', bool(head))
-  if head:
+  if head and not model_kwargs['include_top']:
+    layers = [l for l in layers if l is not head[0]]
+  elif head:
     model_kwargs.setdefault('num_classes', head[0].variables['kernel'].shape[-1])
   model = models.create_model(name, **model_kwargs)
   order, template = tree.layer_order(model)

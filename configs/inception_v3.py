@@ -7,19 +7,14 @@ paper's Inception-V3 numbers are without it); dropout 0.2 (keep 0.8).
 
   python -m xception_jax.main --config=configs/inception_v3.py --workdir=runs/inception_v3
 """
-import importlib.util
 import pathlib
 
-from xception_jax.config_defaults import local_variant
+from xception_jax.config_defaults import load_config, local_variant
 
 
 def get_config(variant: str = ''):
   # The Xception recipe file sits next to this one; load it by path (configs/ is no package).
-  spec = importlib.util.spec_from_file_location(
-      'xception_recipe', pathlib.Path(__file__).with_name('imagenet.py'))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  c = recipe.get_config()
+  c = load_config(pathlib.Path(__file__).with_name('imagenet.py'))
   c.model = 'inception_v3'
   c.model_kwargs = {'dropout_rate': 0.2, 'aux_logits': False}
   c.weight_decay = 4e-5

@@ -60,6 +60,9 @@ def test_inception_resnet_v1_by_hand():
      23_834_568 + V3_AUX + V3_AUX_BN_SCALE),
     ('inception_v3', dict(num_classes=1001), 23_817_352 + 2049),  # slim's 1001 classes.
     ('inception_v3', dict(include_top=False), 23_817_352 - 2_049_000),
+    # Xception Fig. 8's JFT head: two 4096-unit FC layers with bias before the classifier.
+    ('inception_v3', dict(fc_layers=(4096, 4096)), 23_817_352 - 2_049_000 +
+     (2048 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 1000 + 1000)),
     ('inception_v4', {}, 42_679_816),                             # timm (BN scale).
     ('inception_v4', dict(bn_scale=False), 42_648_232),           # slim's shift-only BN.
     ('inception_v4', dict(num_classes=1001), 42_679_816 + 1537),

@@ -4,6 +4,9 @@ Durations are named by unit: *_steps, *_epochs, *_examples.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 
@@ -18,8 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'            # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
   c.init_from = ''               # Converted weights (python -m xception_jax.convert) to start from.
 
-  # Data: a TFDS name, 'folder:PATH' (PATH/<split>/<class>/<image>) or 'digits' (bundled).
+  # Data: a TFDS name, 'folder:PATH' (PATH/<split>/<class>/<image>), 'multilabel:PATH'
+  # (PATH/<split>.jsonl label files), or bundled 'digits' / 'digits_multilabel'.
   c.dataset = 'imagenet2012'
+  c.label_key = 'label'          # TFDS label feature: ClassLabel, or multi-label (sequence/multi-hot).
   c.data_dir = ml_collections.config_dict.placeholder(str)    # TFDS data_dir / digits cache.
   c.manual_dir = ml_collections.config_dict.placeholder(str)  # ImageNet's downloaded archives.
   c.train_split = 'train'
@@ -64,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999
   c.ema_warmup = True
 
+  # Multi-label evaluation (xception_jax/multilabel.py): MAP@map_top_k over each image's top
+  # predictions; class_weights: a JSON file {class name: weight} (FastEval14k-style weights).
+  c.map_top_k = 100
+  c.class_weights = ''
+
   # Logging, evaluation, checkpoints.
   c.log_every_steps = 100
   c.eval_every_steps = 0         # 0: evaluate at the end only.
@@ -103,6 +113,68 @@ def local_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+QUICK_IMAGE_SIZE = 75  # The smallest input every registered model accepts.
+# ImageNet's 0.045 is meant for ~2,000-image batches; at 32 Inception-V3 diverges with it.
+QUICK_MAX_LEARNING_RATE = 0.01
+SIZE_VARIANTS = ('local', 'quick')
+
+
+def quick_variant(c: ml_collections.ConfigDict,
+                  dataset: str = 'digits') -> ml_collections.ConfigDict:
+  """Shrinks a config to a quickstart-size run on bundled digits, with a training profile.
+
+  Minutes on 2 CPU cores: the model's `tiny_options` at 75 px (so every model
+  compares at one size), quickstart's data settings (`dataset` 'digits' or
+  'digits_multilabel', milder crops, no flips, batch 32, 8 epochs) and an
+  evaluation every epoch (45 steps) to plot. The recipe keeps its optimizer,
+  decay rate, regularisation and dropout, and its learning rate up to 0.01;
+  its decay interval (2 ImageNet epochs, 3M JFT examples: longer than the
+  whole run) becomes one epoch; the averaging decay is 0.99 and the BN
+  momentum 0.9, so that both follow a run of a few hundred steps.
+  """
+  from xception_jax import models
+  model_class = models.model_class(c.model)
+  c.dataset = dataset
+  c.train_split, c.eval_split = 'train', 'test'
+  c.image_size = QUICK_IMAGE_SIZE
+  c.augment.area_range = (0.6, 1.0)
+  c.augment.min_object_covered = 0.6
+  c.augment.flip = False
+  c.batch_size = 32
+  c.num_epochs = 8
+  c.total_steps = 0
+  c.reference_batch_size = 0
+  c.learning_rate = min(c.learning_rate, QUICK_MAX_LEARNING_RATE)
+  c.lr_decay_epochs, c.lr_decay_examples = 1, 0
+  c.ema_decay = 0.99
+  c.batch_norm = 'global'
+  c.log_every_steps = 15
+  c.eval_every_steps = 45          # One epoch of the 1,442 digits (or 1,440 digit grids).
+  c.checkpoint_every_steps = 225
+  c.keep_checkpoints = 2
+  c.model_kwargs.update(model_class.tiny_options)
+  # BN moving averages at momentum 0.99 lag by ~100 steps, a third of the run: evaluations
+  # would measure the lag, not the model.
+  c.model_kwargs.bn_momentum = 0.9
+  return c
+
+
+def split_variant(variant: str, choices) -> tuple[list[str], str]:
+  """'no_residual,quick' → (['no_residual'], 'quick'): the variant's words and its size word.
+
+  Words are separated by commas; the size word is 'local', 'quick' or ''.
+  Words outside `choices` and the size words are a ValueError that lists them.
+  """
+  words = [w.strip() for w in variant.split(',') if w.strip()]
+  sizes = [w for w in words if w in SIZE_VARIANTS]
+  words = [w for w in words if w not in SIZE_VARIANTS]
+  unknown = [w for w in words if w not in choices]
+  if unknown or len(sizes) > 1:
+    raise ValueError(f'Unknown config variant {variant!r}: choose from '
+                     f'{", ".join(choices)}, plus at most one of {", ".join(SIZE_VARIANTS)}.')
+  return words, sizes[0] if sizes else ''
+
+
 def inception_rmsprop_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The Inception-v4 paper's recipe (§4): TF RMSprop (decay 0.9, ε 1.0, momentum 0.9),
   lr 0.045 ×0.94 every 2 epochs, Polyak averaging; slim's wd 4e-5 and label smoothing 0.1.
@@ -124,3 +196,18 @@ def inception_rmsprop_recipe(c: ml_collections.ConfigDict) -> ml_collections.Con
   c.num_epochs = 100
   c.eval_every_steps = 2 * 1251     # About every 2 epochs at 1,024 per step.
   return c
+
+
+def load_config(spec: str | Path) -> ml_collections.ConfigDict:
+  """The config of a config file, as `--config=` reads it: 'configs/x.py' or 'configs/x.py:variant'.
+
+  The file's `get_config(variant)` is called with the text after ':', or with
+  no argument when there is none.
+  """
+  path, _, variant = str(spec).partition(':')
+  if not Path(path).is_file():
+    raise ValueError(f'No config file {path}.')
+  module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()

@@ -9,18 +9,26 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
-from xception_jax import distributed, sharding, steps, weights
+from xception_jax import distributed, multilabel, sharding, steps, weights
 from xception_jax.checkpoints import Checkpoints
 from xception_jax.data import pipeline, sources
 from xception_jax.metric_writers import MetricWriter
 from xception_jax.state import build_model
 
 METRICS = ('top1', 'top5', 'loss')
+PER_CLASS_FILE = 'per_class_ap.json'
 
 
 class Evaluator:
-  """Evaluates sets of variables on a split; compiled once, reused for every evaluation."""
+  """Evaluates sets of variables on a split; compiled once, reused for every evaluation.
+
+  Single-label data: top-1, top-5, loss. Multi-label data (`source.multilabel`):
+  loss, MAP@k ('map100' for k = 100) and the class-weighted mean of the
+  per-class APs ('class_map'), as defined in xception_jax.multilabel; the
+  per-class APs of the last call are in `per_class_ap`.
+  """
 
   def __init__(self, model, source: sources.Source, config: ml_collections.ConfigDict,
                mesh: jax.sharding.Mesh):
@@ -29,26 +37,66 @@ class Evaluator:
     self.local_batch = sharding.check_batch_size(config.get('eval_batch_size') or
                                                  config.batch_size, mesh)
     self.num_examples = source.split_size(self.split)
-    self._step = jax.jit(functools.partial(steps.eval_step, model=model,
-                                           num_classes=source.num_classes),
+    self.top_k = config.get('map_top_k', 100)
+    self.class_weights = None
+    if source.multilabel and config.get('class_weights'):
+      self.class_weights = multilabel.load_class_weights(config.class_weights,
+                                                         source.class_names)
+    self.per_class_ap: dict[str, np.ndarray] = {}
+    self._step = jax.jit(functools.partial(
+        steps.eval_step, model=model, num_classes=source.num_classes,
+        multilabel=source.multilabel, top_k=self.top_k, class_weights=self.class_weights),
                          out_shardings=sharding.replicated(mesh))
 
   def __call__(self, variable_sets: dict[str, Any]) -> dict[str, float]:
-    """{'count', 'top1<suffix>', 'top5<suffix>', 'loss<suffix>'} averaged over the split."""
+    """{'count', '<metric><suffix>' ...} averaged over the split (see the class docstring)."""
     dataset, _ = pipeline.eval_batches(
         self.source, self.split, self.local_batch, self.config.image_size,
         self.config.eval_crop_fraction, jax.process_index(), jax.process_count(),
         num_examples=self.num_examples)
-    totals: dict[str, float] = defaultdict(float)
+    totals: dict[str, np.ndarray] = defaultdict(float)
+    rankings = []
     for batch in dataset.as_numpy_iterator():
-      sums = self._step(variable_sets, sharding.global_batch(batch, self.mesh))
-      for key, value in jax.device_get(sums).items():
-        totals[key] += float(value)
-    count = totals.pop('count')
+      sums, ranked = jax.device_get(self._step(variable_sets, sharding.global_batch(batch,
+                                                                                   self.mesh)))
+      for key, value in sums.items():
+        totals[key] += np.asarray(value, np.float64)
+      if ranked:
+        rankings.append(ranked)
+    count = float(totals.pop('count'))
     if round(count) != self.num_examples:
       raise RuntimeError(f'Evaluation counted {count:.0f} examples of {self.split}, '
                          f'expected {self.num_examples}.')
-    return {'count': count, **{k: v / count for k, v in totals.items()}}
+    if not self.source.multilabel:
+      return {'count': count, **{k: float(v) / count for k, v in totals.items()}}
+    return self._multilabel_results(count, totals, rankings, list(variable_sets))
+
+  def _multilabel_results(self, count, totals, rankings, suffixes) -> dict[str, float]:
+    has_ap = float(totals.pop('has_ap'))
+    positives = totals.pop('positives')
+    kept = np.concatenate([r['mask'] for r in rankings]) > 0
+    self.per_class_ap = {'positives': positives}
+    results = {'count': count, 'images_with_ap': has_ap}
+    for suffix in suffixes:
+      ranked = {key: np.concatenate([r[suffix][key] for r in rankings])[kept]
+                for key in ('classes', 'scores', 'relevant')}
+      ap = multilabel.per_class_average_precision(**ranked, positives=positives)
+      self.per_class_ap[f'ap{suffix}'] = ap
+      results[f'loss{suffix}'] = float(totals[f'loss{suffix}']) / count
+      results[f'map{self.top_k}{suffix}'] = (float(totals[f'ap_sum{suffix}']) / has_ap
+                                             if has_ap else float('nan'))
+      results[f'class_map{suffix}'] = multilabel.weighted_class_mean(ap, self.class_weights)
+    return results
+
+  def write_per_class_ap(self, workdir: Path, step: int) -> None:
+    """The last call's per-class APs (null: no positives) as `per_class_ap.json`."""
+    if not self.per_class_ap:
+      return
+    as_list = lambda a: [None if np.isnan(x) else float(x) for x in a]
+    record = {'step': int(step), 'split': self.split, 'classes': list(self.source.class_names),
+              'positives': [int(n) for n in self.per_class_ap['positives']]}
+    record.update({k: as_list(v) for k, v in self.per_class_ap.items() if k != 'positives'})
+    (Path(workdir) / PER_CLASS_FILE).write_text(json.dumps(record) + '\n')
 
 
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -61,8 +109,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh()
-  source = sources.get_source(config.dataset, data_dir=config.get('data_dir'),
-                              manual_dir=config.get('manual_dir'))
+  source = sources.source_for(config)
   model = build_model(config, source.num_classes)
   replicated = sharding.replicated(mesh)
   if config.get('init_from'):
@@ -79,8 +126,10 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         '': {'params': saved['params'], 'batch_stats': saved['batch_stats']},
         '_ema': {'params': saved['ema_params'], 'batch_stats': saved['ema_batch_stats']}},
                                    replicated)
-  results = Evaluator(model, source, config, mesh)(variable_sets)
+  evaluator = Evaluator(model, source, config, mesh)
+  results = evaluator(variable_sets)
   if jax.process_index() == 0:
+    evaluator.write_per_class_ap(workdir_path, step)
     writer = MetricWriter(workdir_path)
     writer.write(step, {f'eval/{k}': v for k, v in results.items()})
     writer.close()

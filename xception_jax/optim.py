@@ -95,6 +95,17 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, num_classes: int,
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def sigmoid_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """Per-example sigmoid cross-entropy of multi-hot labels, summed over the classes.
+
+  Summed, not averaged, over classes: an example's loss stays on the scale of a
+  softmax cross-entropy whatever the number of classes (17,000 for JFT), so
+  the weight decay keeps its meaning relative to the loss.
+  """
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                            labels.astype(jnp.float32)).sum(axis=-1)
+
+
 def ema_decay(step: jnp.ndarray, decay: float, warmup: bool) -> jnp.ndarray:
   """Polyak-averaging decay at `step`: min(decay, (1 + step) / (10 + step)) with warm-up.
 

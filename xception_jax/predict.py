@@ -1,5 +1,8 @@
 r"""Prints the top-5 classes, with names and probabilities, for image files.
 
+Probabilities are softmax outputs, or per-class sigmoids for a model trained
+on multi-label data.
+
 From a training workdir (its config, class names and latest checkpoint; the
 averaged weights unless --raw):
   python -m xception_jax.predict --workdir=runs/quickstart digit1.png digit2.png
@@ -49,16 +52,18 @@ def load_images(paths: Sequence[str], image_size: int, crop_fraction: float) -> 
 
 
 def top_classes(model, variables: dict[str, Any], images: np.ndarray, class_names: Sequence[str],
-                top: int = 5) -> list[list[tuple[str, float]]]:
+                top: int = 5, multilabel: bool = False) -> list[list[tuple[str, float]]]:
   """For each image, the `top` (name, probability) pairs, most likely first."""
-  probabilities = jax.nn.softmax(jax.jit(model.apply)(variables, jnp.asarray(images)))
+  logits = jax.jit(model.apply)(variables, jnp.asarray(images))
+  probabilities = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
   order = np.argsort(-np.asarray(probabilities), axis=-1)[:, :top]
   return [[(class_names[i], float(p[i])) for i in row]
           for row, p in zip(order, np.asarray(probabilities))]
 
 
-def from_workdir(workdir: str, raw: bool) -> tuple[Any, dict[str, Any], list[str], int, float]:
-  """Model, variables, class names, image size and crop fraction of a training workdir."""
+def from_workdir(workdir: str,
+                 raw: bool) -> tuple[Any, dict[str, Any], list[str], int, float, bool]:
+  """Model, variables, class names, image size, crop fraction, multi-label? of a workdir."""
   path = Path(workdir)
   if not (path / 'config.json').is_file():
     raise FileNotFoundError(f'{path} has no config.json: not a training workdir.')
@@ -72,7 +77,10 @@ def from_workdir(workdir: str, raw: bool) -> tuple[Any, dict[str, Any], list[str
   variables = {'params': saved[f'{prefix}params'], 'batch_stats': saved[f'{prefix}batch_stats']}
   model = models.create_model(config['model'], num_classes=len(class_names),
                               dtype=DTYPES[config['dtype']], **config.get('model_kwargs', {}))
-  return model, variables, class_names, config['image_size'], config['eval_crop_fraction']
+  task = path / 'task.json'
+  multilabel = task.is_file() and json.loads(task.read_text())['multilabel']
+  return (model, variables, class_names, config['image_size'], config['eval_crop_fraction'],
+          multilabel)
 
 
 def read_labels(path: Optional[str], num_classes: int) -> list[str]:
@@ -90,16 +98,18 @@ def main(argv):
     raise app.UsageError('Give one or more image files.')
   try:
     if _WORKDIR.value:
-      model, variables, names, size, crop = from_workdir(_WORKDIR.value, _RAW.value)
+      model, variables, names, size, crop, multilabel = from_workdir(_WORKDIR.value, _RAW.value)
     elif _WEIGHTS.value:
       variables = weights.load_variables(_WEIGHTS.value)
       num_classes = variables['params']['head']['predictions']['bias'].shape[0]
       model = models.create_model(_MODEL.value, num_classes=num_classes,
                                   **models.parse_options(_SET.value))
       names, size, crop = read_labels(_LABELS.value, num_classes), _IMAGE_SIZE.value, 0.875
+      multilabel = False
     else:
       raise ValueError('Give --workdir or --weights.')
-    results = top_classes(model, variables, load_images(files, size, crop), names, _TOP.value)
+    results = top_classes(model, variables, load_images(files, size, crop), names, _TOP.value,
+                          multilabel)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f'error: {e}') from None
   for path, classes in zip(files, results):

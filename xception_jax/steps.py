@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from xception_jax import multilabel as multilabel_metrics
 from xception_jax import optim
 from xception_jax.state import TrainState
 
@@ -24,6 +25,23 @@ class StepConfig:
   # BN statistics over this many equal slices of the global batch (one per device
   # for per-device statistics; 1 for statistics over the whole global batch).
   bn_groups: int = 1
+  # Multi-hot labels, per-class sigmoid cross-entropy (JFT); else class indices, softmax.
+  multilabel: bool = False
+
+
+def example_losses(logits: jnp.ndarray, labels: jnp.ndarray, config: StepConfig) -> jnp.ndarray:
+  """Per-example loss: sigmoid cross-entropy (multi-label) or softmax cross-entropy."""
+  if config.multilabel:
+    return optim.sigmoid_cross_entropy(logits, labels)
+  return optim.cross_entropy(logits, labels, config.num_classes, config.label_smoothing)
+
+
+def top1_correct(logits: jnp.ndarray, labels: jnp.ndarray, multilabel: bool) -> jnp.ndarray:
+  """Per example: the top-scoring class is the label (multi-label: is one of the labels)."""
+  top = jnp.argmax(logits, -1)
+  if multilabel:
+    return jnp.take_along_axis(labels, top[:, None], axis=-1)[:, 0] > 0
+  return top == labels
 
 
 def forward_train(model, params, batch_stats, images, rng, bn_groups: int):
@@ -49,7 +67,11 @@ def forward_train(model, params, batch_stats, images, rng, bn_groups: int):
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                config: StepConfig) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-  """One optimizer step on a global batch {'image', 'label'}; returns new state and metrics."""
+  """One optimizer step on a global batch {'image', 'label'}; returns new state and metrics.
+
+  Metrics: loss, cross_entropy, learning_rate, grad_norm, finite, and 'accuracy'
+  (single-label top-1) or 'precision_at_1' (multi-label: the top class is a label).
+  """
   labels = batch['label']
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -57,12 +79,10 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
     outputs, batch_stats = forward_train(model, params, state.batch_stats, batch['image'],
                                          dropout_rng, config.bn_groups)
     logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
-    cross_entropy = optim.cross_entropy(logits, labels, config.num_classes,
-                                        config.label_smoothing).mean()
+    cross_entropy = example_losses(logits, labels, config).mean()
     loss = cross_entropy + optim.l2_penalty(params, config.weight_decay)
     if aux_logits is not None:
-      loss += config.aux_loss_weight * optim.cross_entropy(
-          aux_logits, labels, config.num_classes, config.label_smoothing).mean()
+      loss += config.aux_loss_weight * example_losses(aux_logits, labels, config).mean()
     return loss, (logits, batch_stats, cross_entropy)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -82,7 +102,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
   metrics = {
       'loss': loss,
       'cross_entropy': cross_entropy,
-      'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels),
+      'precision_at_1' if config.multilabel else 'accuracy':
+          jnp.mean(top1_correct(logits, labels, config.multilabel)),
       'learning_rate': schedule(state.step),
       'grad_norm': grad_norm,
       'finite': finite.astype(jnp.float32),
@@ -99,16 +120,46 @@ def classification_counts(logits: jnp.ndarray, labels: jnp.ndarray,
           'loss': jnp.sum(optim.cross_entropy(logits, labels, num_classes) * mask)}
 
 
+def multilabel_counts(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray, top_k: int,
+                      class_weights: Optional[jnp.ndarray] = None
+                      ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
+  """Masked sums (loss; 'ap_sum' of AP@top_k, see xception_jax.multilabel) and the rankings.
+
+  Rankings: each example's top-k 'classes', 'scores' and 'relevant' ([batch, k]).
+  """
+  ranked = multilabel_metrics.average_precision_at_k(logits, labels, top_k, class_weights)
+  sums = {'loss': jnp.sum(optim.sigmoid_cross_entropy(logits, labels) * mask),
+          'ap_sum': jnp.sum(ranked['ap'] * mask)}
+  return sums, {k: ranked[k] for k in ('classes', 'scores', 'relevant')}
+
+
 def eval_step(variable_sets: dict[str, Any], batch: dict[str, jnp.ndarray], *, model,
-              num_classes: int) -> dict[str, jnp.ndarray]:
+              num_classes: int, multilabel: bool = False, top_k: int = 100,
+              class_weights: Optional[jnp.ndarray] = None
+              ) -> tuple[dict[str, jnp.ndarray], dict[str, Any]]:
   """Sums for one padded batch {'image', 'label', 'mask'}, for each named set of variables.
 
-  Keys: 'count' and '<metric><suffix>' for each `suffix: variables` pair, e.g.
-  {'': raw, '_ema': averaged} gives top1, top5, loss, top1_ema, ...
+  Returns (sums, rankings). Sums: 'count' and '<metric><suffix>' for each
+  `suffix: variables` pair, e.g. {'': raw, '_ema': averaged} gives top1, top5,
+  loss, top1_ema, ... Multi-label: loss<suffix> and ap_sum<suffix> (AP@top_k
+  summed over the batch), 'has_ap' (examples with an AP) and 'positives'
+  ([num_classes] positives per class); rankings then holds the batch's 'mask'
+  and, for each suffix, the examples' top-k rankings (per-class AP needs them
+  all). Single-label rankings are empty.
   """
-  out = {'count': jnp.sum(batch['mask'])}
+  mask = batch['mask']
+  sums, rankings = {'count': jnp.sum(mask)}, {}
+  if multilabel:
+    labelled = multilabel_metrics.has_average_precision(batch['label'], class_weights)
+    sums['has_ap'] = jnp.sum(labelled * mask)
+    sums['positives'] = jnp.sum((batch['label'] > 0) * mask[:, None], axis=0)
+    rankings['mask'] = mask
   for suffix, variables in variable_sets.items():
     logits = model.apply(variables, batch['image'], train=False)
-    counts = classification_counts(logits, batch['label'], batch['mask'], num_classes)
-    out.update({f'{k}{suffix}': v for k, v in counts.items()})
-  return out
+    if multilabel:
+      counts, rankings[suffix] = multilabel_counts(logits, batch['label'], mask, top_k,
+                                                   class_weights)
+    else:
+      counts = classification_counts(logits, batch['label'], mask, num_classes)
+    sums.update({f'{k}{suffix}': v for k, v in counts.items()})
+  return sums, rankings

@@ -21,6 +21,7 @@ from xception_jax.preemption import PreemptionWatcher
 from xception_jax.state import TrainState, build_model, create_train_state
 
 BATCH_NORM_SCOPES = ('device', 'global')
+TASK_FILE = 'task.json'  # {'multilabel': bool}: how the model's outputs read (predict).
 
 
 def bn_groups(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
@@ -44,8 +45,7 @@ class Setup:
     self.config = config
     self.mesh = sharding.make_mesh()
     self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
-    self.source = sources.get_source(config.dataset, data_dir=config.get('data_dir'),
-                                     manual_dir=config.get('manual_dir'))
+    self.source = sources.source_for(config)
     self.num_train = self.source.split_size(config.train_split)
     self.steps_per_epoch = self.num_train // config.batch_size
     if self.steps_per_epoch == 0:
@@ -57,11 +57,14 @@ class Setup:
     self.tx = optim.optimizer(config, self.schedule)
     if config.nonfinite_steps not in ('stop', 'skip'):
       raise ValueError(f"nonfinite_steps must be 'stop' or 'skip', got {config.nonfinite_steps!r}.")
+    if self.source.multilabel and config.label_smoothing:
+      raise ValueError(f'{config.dataset} is multi-label (sigmoid cross-entropy): set '
+                       'label_smoothing to 0.')
     self.step_config = steps.StepConfig(
         num_classes=self.source.num_classes, weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing, aux_loss_weight=config.aux_loss_weight,
         ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
-        bn_groups=bn_groups(config, self.mesh))
+        bn_groups=bn_groups(config, self.mesh), multilabel=self.source.multilabel)
 
   def initial_state_fn(self, pretrained_name: str = ''):
     """rng, pretrained variables (or None) → step-0 TrainState."""
@@ -112,9 +115,10 @@ class Setup:
 
 
 def write_run_files(workdir: Path, config: ml_collections.ConfigDict, setup: Setup) -> None:
-  """The resolved config, class names and a parameter overview, in the workdir."""
+  """The resolved config, class names, label type and a parameter overview, in the workdir."""
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   (workdir / 'class_names.json').write_text(json.dumps(list(setup.source.class_names)))
+  (workdir / TASK_FILE).write_text(json.dumps({'multilabel': setup.source.multilabel}))
   overview = model_table.format_summary(config.model, setup.model, config.image_size, depth=1)
   (workdir / 'model_summary.txt').write_text(overview + '\n')
   logging.info('Model:\n%s', overview)
@@ -138,6 +142,16 @@ def check_finite(config: ml_collections.ConfigDict, records: list[tuple[int, dic
   return bad
 
 
+def headline(results: dict[str, float], top_k: int) -> str:
+  """The final evaluation in words: top-1/top-5, or MAP@k and per-class mAP (multi-label)."""
+  if 'top1_ema' in results:
+    return (f'top-1 {100 * results["top1_ema"]:.2f}% (EMA), {100 * results["top1"]:.2f}% '
+            f'(raw), top-5 {100 * results["top5_ema"]:.2f}% (EMA)')
+  return (f'MAP@{top_k} {100 * results[f"map{top_k}_ema"]:.2f}% (EMA), '
+          f'{100 * results[f"map{top_k}"]:.2f}% (raw), per-class mAP '
+          f'{100 * results["class_map_ema"]:.2f}% (EMA)')
+
+
 def mean_metrics(records: list[tuple[int, dict]]) -> dict[str, float]:
   """Averages of the finite steps' metrics (NaN when none was finite)."""
   finite = [m for _, m in records if m['finite']] or [m for _, m in records]
@@ -147,7 +161,8 @@ def mean_metrics(records: list[tuple[int, dict]]) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains, evaluates and checkpoints under `workdir`, resuming from its latest checkpoint.
 
-  Returns the final evaluation metrics ('top1', 'top1_ema', ...), or
+  Returns the final evaluation metrics ('top1', 'top1_ema', ...; multi-label data:
+  'map100', 'map100_ema', 'class_map', ...), or
   {'preempted_at_step': step} when a SIGTERM stopped the run after a checkpoint.
   Raises FloatingPointError at a non-finite step when `nonfinite_steps='stop'`.
   """
@@ -190,6 +205,7 @@ def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
     results = evaluator({'': state.variables(), '_ema': state.variables(ema=True)})
     writer.write(step, {f'eval/{k}': v for k, v in results.items()})
     if is_main:
+      evaluator.write_per_class_ap(workdir_path, step)
       logging.info('eval at step %d: %s', step, progress_line(step, setup.num_steps, results))
     progress.update(step)  # Evaluation time does not count as training throughput.
     return results
@@ -229,8 +245,7 @@ def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
   if is_main:
     elapsed = time.monotonic() - started
     line = (f'Finished {config.model} on {config.dataset}: step {setup.num_steps}, '
-            f'{elapsed:.0f} s this run; eval top-1 {100 * results["top1_ema"]:.2f}% (EMA), '
-            f'{100 * results["top1"]:.2f}% (raw), top-5 {100 * results["top5_ema"]:.2f}% (EMA) '
+            f'{elapsed:.0f} s this run; eval {headline(results, evaluator.top_k)} '
             f'on {results["count"]:.0f} examples; workdir {workdir_path}')
     (workdir_path / 'final_metrics.json').write_text(
         json.dumps({'step': setup.num_steps, **results}, indent=2))

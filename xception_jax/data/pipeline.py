@@ -20,6 +20,18 @@ from xception_jax.data.sources import Part, Source
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def batch_label(source: Source, label: tf.Tensor) -> tf.Tensor:
+  """A source's label as batched: an int32 class, or a float32 multi-hot vector (multi-label)."""
+  return tf.cast(label, tf.float32 if source.multilabel else tf.int32)
+
+
+def padding_label(source: Source) -> tf.Tensor:
+  """The label of the padding examples that fill an evaluation's last batch."""
+  if source.multilabel:
+    return tf.zeros([source.num_classes], tf.float32)
+  return tf.constant(0, tf.int32)
+
+
 def derived_seed(*numbers: int) -> int:
   """A 31-bit seed determined by `numbers` (e.g. run seed, epoch)."""
   return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0] >> 1)
@@ -40,7 +52,7 @@ class TrainStream:
   augmentation: preprocessing.Augmentation = preprocessing.Augmentation()
 
   def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-    """Batches of `epoch` from batch `skip_batches` on: {'image', 'label'}."""
+    """Batches of `epoch` from batch `skip_batches` on: {'image', 'label'} (see `batch_label`)."""
     epoch_seed = derived_seed(self.seed, epoch)
     part = Part(self.process_index, self.process_count, block=self.local_batch_size)
     global_batch = self.local_batch_size * self.process_count
@@ -53,7 +65,7 @@ class TrainStream:
       seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
       image = preprocessing.preprocess_for_train(example['image'], self.image_size, seed,
                                                  self.augmentation)
-      return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+      return {'image': image, 'label': batch_label(self.source, example['label'])}
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(self.local_batch_size, drop_remainder=True).prefetch(AUTOTUNE)
@@ -82,9 +94,10 @@ def eval_batches(source: Source, split: str, local_batch_size: int, image_size: 
 
   def prepare(example):
     image = preprocessing.preprocess_for_eval(example['image'], image_size, crop_fraction)
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1.0)}
+    return {'image': image, 'label': batch_label(source, example['label']),
+            'mask': tf.constant(1.0)}
 
-  padding = {'image': tf.zeros([image_size, image_size, 3]), 'label': tf.constant(0, tf.int32),
+  padding = {'image': tf.zeros([image_size, image_size, 3]), 'label': padding_label(source),
              'mask': tf.constant(0.0)}
   ds = source.read(split, Part(process_index, process_count)).map(
       lambda _, example: prepare(example), num_parallel_calls=AUTOTUNE, deterministic=True)

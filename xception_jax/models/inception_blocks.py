@@ -118,6 +118,7 @@ class InceptionBase(nn.Module):
   include_top: bool = True
   pooling: Optional[str] = 'avg'
   dropout_rate: float = 0.2                 # slim: dropout keep probability 0.8.
+  fc_layers: Sequence[int] = ()             # FC layers before the classifier (Xception Fig. 8).
   width_multiplier: float = 1.0
   avg_pool_count_include_pad: bool = False  # True: PyTorch's default (timm inception_v3).
   bn_momentum: float = 0.99
@@ -155,7 +156,7 @@ class InceptionBase(nn.Module):
       x = global_pool(x, self.pooling)
     else:
       aux = self.auxiliary(features, conv, norm) if train or self.is_initializing() else None
-      x = ClassifierHead(self.num_classes, self.dropout_rate, dtype=self.dtype,
+      x = ClassifierHead(self.num_classes, self.dropout_rate, self.fc_layers, dtype=self.dtype,
                          param_dtype=self.param_dtype, name='head')(x, train)
       if aux is not None and train:
         x = (x, aux)

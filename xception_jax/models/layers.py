@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from xception_jax.models.ops import conv_general_dilated_fn, resolve_impl, shifted_max_pool
+
 ModuleDef = Any
 Activation = Optional[Callable[[jnp.ndarray], jnp.ndarray]]
 
@@ -55,7 +57,11 @@ def check_input_size(x: jnp.ndarray, minimum: int, model_name: str) -> None:
                      f'got {height}x{width}; resize or pad the images.')
 
 
-def max_pool(x: jnp.ndarray, window: int, stride: int, padding: str = 'SAME') -> jnp.ndarray:
+def max_pool(x: jnp.ndarray, window: int, stride: int, padding: str = 'SAME',
+             impl: str = 'auto') -> jnp.ndarray:
+  """Square max pool, computed as `impl` says ('xla', 'shifted', 'auto'; see ops.py)."""
+  if resolve_impl('pool', impl) == 'shifted':
+    return shifted_max_pool(x, (window, window), (stride, stride), padding)
   return nn.max_pool(x, (window, window), (stride, stride), padding)
 
 
@@ -78,11 +84,18 @@ def global_pool(x: jnp.ndarray, kind: Optional[str]) -> jnp.ndarray:
 
 
 def conv_and_norm_defs(*, train: bool, dtype: Any, param_dtype: Any, bn_momentum: float,
-                       bn_epsilon: float, bn_scale: bool,
-                       bn_axis_name: Optional[str] = None) -> tuple[ModuleDef, ModuleDef]:
-  """The (conv, norm) module definitions every model injects into its layers."""
+                       bn_epsilon: float, bn_scale: bool, bn_axis_name: Optional[str] = None,
+                       depthwise_impl: str = 'auto',
+                       pointwise_impl: str = 'auto') -> tuple[ModuleDef, ModuleDef]:
+  """The (conv, norm) module definitions every model injects into its layers.
+
+  The conv computes depthwise and 1×1 convs as `depthwise_impl` and
+  `pointwise_impl` say (convolution.py); its parameters are nn.Conv's either way.
+  """
   conv = functools.partial(nn.Conv, use_bias=False, kernel_init=KERNEL_INIT,
-                           dtype=dtype, param_dtype=param_dtype)
+                           dtype=dtype, param_dtype=param_dtype,
+                           conv_general_dilated=conv_general_dilated_fn(depthwise_impl,
+                                                                        pointwise_impl))
   norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=bn_momentum,
                            epsilon=bn_epsilon, use_scale=bn_scale, axis_name=bn_axis_name,
                            dtype=dtype, param_dtype=param_dtype)

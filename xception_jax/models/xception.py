@@ -34,6 +34,7 @@ class XceptionModule(nn.Module):
   downsample: bool
   residual: bool = True
   relu_first: bool = True
+  pool_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -43,7 +44,7 @@ class XceptionModule(nn.Module):
         x = nn.relu(x)
       x = self.sep(width, name=f'sepconv{i + 1}')(x)
     if self.downsample:
-      x = max_pool(x, 3, 2)
+      x = max_pool(x, 3, 2, impl=self.pool_impl)
     if not self.residual:
       return x
     if self.downsample:
@@ -70,6 +71,9 @@ class Xception(nn.Module):
   intermediate_activation: Optional[str] = None   # 'relu' / 'elu': Fig. 10.
   fc_layers: Sequence[int] = ()             # (4096, 4096): the JFT variant, Fig. 8.
   channel_segments: Optional[int] = None    # None = depthwise; 1 = full 3×3 conv (§1.2).
+  depthwise_impl: str = 'auto'             # 'xla' (reference), 'shifted'; 'auto': per backend.
+  pointwise_impl: str = 'auto'             # 'xla' (reference), 'dot'; 'auto': per backend.
+  pool_impl: str = 'auto'                  # 'xla' (reference), 'shifted'; 'auto': per backend.
   width_multiplier: float = 1.0
   middle_flow_repeats: int = 8
   bn_momentum: float = 0.99
@@ -86,12 +90,13 @@ class Xception(nn.Module):
     check_input_size(x, self.min_input_size, 'xception')
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
+        depthwise_impl=self.depthwise_impl, pointwise_impl=self.pointwise_impl)
     sep = functools.partial(
         SeparableConvBN, conv=conv, norm=norm, segments=self.channel_segments,
         intermediate_activation=activation_by_name(self.intermediate_activation))
     module = functools.partial(XceptionModule, sep=sep, conv=conv, norm=norm,
-                               residual=self.residual)
+                               residual=self.residual, pool_impl=self.pool_impl)
     c = functools.partial(scaled_channels, width_multiplier=self.width_multiplier)
     exit_block = 5 + self.middle_flow_repeats
     features = {}

@@ -1,0 +1,250 @@
+"""Faster forms of three operations, as drop-in replacements for XLA's.
+
+XLA computes them with generic kernels that are slow on CPU for the shapes
+of these models (measurements: benchmarks/RESULTS.md):
+
+* depthwise convs (`feature_group_count` = channels) become grouped
+  convolutions, 10-25× slower than their 9 multiply-adds per output, the
+  backward pass especially (on CUDA as well: jax-ml/jax issue 13800);
+* 1×1 convs, whose kernel gradient becomes a convolution with a window as
+  large as the feature map, up to 8× slower than the matrix product it is;
+* max pooling, whose gradient becomes an argmax reduce-window and a scatter.
+
+The replacements keep every parameter: a conv implementation has the
+signature of `lax.conv_general_dilated` and is passed to `nn.Conv` as
+`conv_general_dilated=`, so module names and kernel shapes stay nn.Conv's and
+checkpoints and converted weights are interchangeable. Calls a form does not
+cover (other layouts, dilation, grouped convs, depth multipliers) go to XLA
+unchanged.
+
+Implementations, chosen per kind (`IMPLS`):
+  depthwise  'xla': lax.conv_general_dilated, the reference.
+             'shifted': kh·kw strided slices of the padded input, each scaled
+             by one kernel tap and summed in one fused loop.
+  pointwise  'xla': lax.conv_general_dilated. 'dot': one matrix product over
+             the channel axis (a strided 1×1 conv subsamples first).
+  pool       'xla': lax.reduce_window (flax's max_pool). 'shifted': maximum
+             of the strided slices; the gradient goes to the first maximal
+             element of each window, exactly as XLA's select-and-scatter.
+'auto' picks per backend (`AUTO_IMPLS`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ConvFn = Callable[..., jnp.ndarray]
+Padding = Union[str, Sequence[tuple[int, int]]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+IMPLS = {'depthwise': ('auto', 'xla', 'shifted'),
+         'pointwise': ('auto', 'xla', 'dot'),
+         'pool': ('auto', 'xla', 'shifted')}
+
+# What 'auto' means per backend, from measurements on a 2-core CPU
+# (benchmarks/RESULTS.md). GPU and TPU keep XLA's forms until they are measured.
+AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted'}}
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_impl(kind: str, impl: str, backend: Optional[str] = None) -> str:
+  """The concrete implementation of `kind` that `impl` names ('auto': per `backend`).
+
+  `backend` defaults to JAX's default backend. Unknown names raise a ValueError.
+  """
+  if impl not in IMPLS[kind]:
+    raise ValueError(f'Unknown {kind}_impl {impl!r}; choose one of {IMPLS[kind]}.')
+  if impl != 'auto':
+    return impl
+  return AUTO_IMPLS.get(backend or jax.default_backend(), {}).get(kind, 'xla')
+
+
+def explicit_pads(hw: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                  padding: Padding) -> Pads:
+  """((top, bottom), (left, right)) for 'SAME', 'VALID' or explicit padding."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(tuple(hw), tuple(window), tuple(strides), padding)
+  (top, bottom), (left, right) = padding
+  return (int(top), int(bottom)), (int(left), int(right))
+
+
+def _pad_hw(x: jnp.ndarray, pads: Pads, value) -> jnp.ndarray:
+  (top, bottom), (left, right) = pads
+  return lax.pad(x, jnp.array(value, x.dtype),
+                 ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+
+
+def _out_hw(padded_hw, window, strides) -> tuple[int, int]:
+  return tuple((n - k) // s + 1 for n, k, s in zip(padded_hw, window, strides))
+
+
+def windows(xp: jnp.ndarray, window: Sequence[int],
+            strides: Sequence[int]) -> Iterator[tuple[int, int, jnp.ndarray]]:
+  """(i, j, xp[:, i::sh, j::sw, :] cut to the output size) for every tap of the window."""
+  (kh, kw), (sh, sw) = window, strides
+  out_h, out_w = _out_hw(xp.shape[1:3], window, strides)
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, lax.slice(xp, (0, i, j, 0),
+                            (xp.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1,
+                             xp.shape[3]), (1, sh, sw, 1))
+
+
+def scatter_windows(values: dict[tuple[int, int], jnp.ndarray], strides: Sequence[int],
+                    padded_hw: Sequence[int]) -> jnp.ndarray:
+  """The transpose of `windows`: each tap's values added where that tap read its input.
+
+  `values` maps taps (i, j) to output-shaped arrays; the result has the padded
+  input's shape. Strided windows are summed per stride phase with plain
+  shifts and interleaved once, which XLA's CPU loops do much faster than
+  interior padding.
+  """
+  (sh, sw), (hp, wp) = strides, padded_hw
+  qh, qw = -(-hp // sh), -(-wp // sw)
+  some = next(iter(values.values()))
+  out_h, out_w = some.shape[1:3]
+  zero = jnp.array(0, some.dtype)
+  rows = []
+  for pr in range(sh):
+    row = []
+    for pc in range(sw):
+      phase = None
+      for (i, j), v in values.items():
+        if i % sh == pr and j % sw == pc:
+          m, n = i // sh, j // sw
+          v = lax.pad(v, zero, ((0, 0, 0), (m, qh - m - out_h, 0), (n, qw - n - out_w, 0),
+                                (0, 0, 0)))
+          phase = v if phase is None else phase + v
+      row.append(jnp.zeros((some.shape[0], qh, qw, some.shape[3]), some.dtype)
+                 if phase is None else phase)
+    rows.append(row[0][:, :, :, None] if sw == 1 else jnp.stack(row, axis=3))
+  out = rows[0][:, :, None] if sh == 1 else jnp.stack(rows, axis=2)   # N, qh, sh, qw, sw, C
+  out = out.reshape(out.shape[0], qh * sh, qw * sw, out.shape[-1])
+  return out[:, :hp, :wp]
+
+
+def shifted_depthwise(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
+                      padding: Padding,
+                      preferred_element_type: Optional[jnp.dtype] = None) -> jnp.ndarray:
+  """Depthwise conv of NHWC `x` with an HWIO kernel (kh, kw, 1, C) as summed shifted slices.
+
+  Equals `lax.conv_general_dilated(..., feature_group_count=C)` up to float
+  rounding (the sum runs in tap order). Products accumulate in float32 for
+  floating inputs of lower precision; the result has `x`'s dtype unless
+  `preferred_element_type` says otherwise.
+  """
+  window = kernel.shape[:2]
+  xp = _pad_hw(x, explicit_pads(x.shape[1:3], window, strides, padding), 0)
+  out_dtype = preferred_element_type or x.dtype
+  acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+  y = None
+  for i, j, tap in windows(xp, window, strides):
+    term = tap.astype(acc_dtype) * kernel[i, j, 0].astype(acc_dtype)
+    y = term if y is None else y + term
+  return y.astype(out_dtype)
+
+
+def pointwise_dot(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
+                  precision=None, preferred_element_type=None) -> jnp.ndarray:
+  """A 1×1 conv of NHWC `x` with kernel (1, 1, C, F) as one matrix product (no padding)."""
+  if any(s != 1 for s in strides):
+    x = x[:, ::strides[0], ::strides[1], :]
+  return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count):
+  """True for a 2-D NHWC/HWIO conv without dilation or batch groups."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1:
+    return False
+  if dimension_numbers is not None and not isinstance(dimension_numbers,
+                                                      lax.ConvDimensionNumbers):
+    dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return (dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+          and all(d == 1 for d in lhs_dilation or ()) and all(d == 1 for d in rhs_dilation or ()))
+
+
+def _dispatching_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                      precision=None, preferred_element_type=None, *, depthwise: str,
+                      pointwise: str, **kwargs) -> jnp.ndarray:
+  """`lax.conv_general_dilated`, with depthwise and 1×1 convs in the chosen forms."""
+  if not kwargs and _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                              batch_group_count):
+    channels = lhs.shape[-1]
+    if (depthwise == 'shifted' and feature_group_count == channels
+        and rhs.shape[2:] == (1, channels)):
+      return shifted_depthwise(lhs, rhs, window_strides, padding, preferred_element_type)
+    if (pointwise == 'dot' and feature_group_count == 1 and rhs.shape[:2] == (1, 1)
+        and explicit_pads(lhs.shape[1:3], (1, 1), window_strides, padding) == ((0, 0),) * 2):
+      return pointwise_dot(lhs, rhs, window_strides, precision, preferred_element_type)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                  rhs_dilation, dimension_numbers, feature_group_count,
+                                  batch_group_count, precision, preferred_element_type,
+                                  **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_fn(depthwise: str, pointwise: str) -> ConvFn:
+  if depthwise == pointwise == 'xla':
+    return lax.conv_general_dilated
+  return functools.partial(_dispatching_conv, depthwise=depthwise, pointwise=pointwise)
+
+
+def conv_general_dilated_fn(depthwise_impl: str = 'auto', pointwise_impl: str = 'auto') -> ConvFn:
+  """A `lax.conv_general_dilated` replacement for `nn.Conv(conv_general_dilated=...)`.
+
+  Depthwise convs use `depthwise_impl`, 1×1 convs `pointwise_impl`, every
+  other conv XLA's; 'xla' for both returns `lax.conv_general_dilated` itself.
+  The same arguments return the same function object.
+  """
+  return _conv_fn(resolve_impl('depthwise', depthwise_impl),
+                  resolve_impl('pointwise', pointwise_impl))
+
+
+def _max_and_first_argmax(x, window, strides, padding):
+  xp = _pad_hw(x, explicit_pads(x.shape[1:3], window, strides, padding), -jnp.inf)
+  taps = [tap for _, _, tap in windows(xp, window, strides)]
+  y = functools.reduce(jnp.maximum, taps)
+  # A reduce is never fused into its consumers, so the backward pass reads one
+  # small index per output instead of recomputing the window's comparisons.
+  first = jnp.argmax(jnp.stack(taps), axis=0).astype(jnp.int8)
+  return y, first
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def shifted_max_pool(x: jnp.ndarray, window: tuple[int, int], strides: tuple[int, int],
+                     padding: Padding) -> jnp.ndarray:
+  """Max pool of NHWC `x` over `window` (at most 127 taps), equal to `nn.max_pool`.
+
+  Forward values and gradients are identical to XLA's: the gradient of each
+  window goes to its first maximal element in row-major order.
+  """
+  xp = _pad_hw(x, explicit_pads(x.shape[1:3], window, strides, padding), -jnp.inf)
+  return functools.reduce(jnp.maximum, (tap for _, _, tap in windows(xp, window, strides)))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y, first = _max_and_first_argmax(x, window, strides, padding)
+  return y, (first, x.shape)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, g):
+  first, shape = residuals
+  (top, bottom), (left, right) = explicit_pads(shape[1:3], window, strides, padding)
+  padded_hw = (shape[1] + top + bottom, shape[2] + left + right)
+  zero = jnp.array(0, g.dtype)
+  values = {divmod(t, window[1]): jnp.where(first == t, g, zero)
+            for t in range(window[0] * window[1])}
+  dxp = scatter_windows(values, strides, padded_hw)
+  return (dxp[:, top:padded_hw[0] - bottom, left:padded_hw[1] - right],)
+
+
+shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+

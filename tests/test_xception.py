@@ -168,3 +168,23 @@ def test_bfloat16_compute_with_float32_params():
   assert np.all(np.isfinite(out16))
   # bfloat16 has an 8-bit mantissa: logits agree to a few percent of their scale.
   assert np.abs(out16 - out32).max() < 0.05 * np.abs(out32).max() + 0.05
+
+
+def test_remat_keeps_parameters_values_and_gradients():
+  model = models.create_model('xception', num_classes=5, **TINY)
+  rematerialised = model.clone(remat=True)
+  variables = init(model, 71)
+  assert jax.tree.map(jnp.shape, init(rematerialised, 71)) == jax.tree.map(jnp.shape, variables)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
+
+  def gradients(model):
+    def loss(params):
+      logits, state = model.apply({**variables, 'params': params}, x, train=True,
+                                  rngs={'dropout': jax.random.PRNGKey(2)},
+                                  mutable=['batch_stats'])
+      return jnp.sum(logits ** 2), state
+    return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+
+  for got, want in zip(jax.tree.leaves(gradients(rematerialised)),
+                       jax.tree.leaves(gradients(model))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

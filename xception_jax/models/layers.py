@@ -102,6 +102,17 @@ def conv_and_norm_defs(*, train: bool, dtype: Any, param_dtype: Any, bn_momentum
   return conv, norm
 
 
+def maybe_remat(block: type[nn.Module], remat: bool) -> type[nn.Module]:
+  """`block`, or with `remat` its `nn.remat` version, whose activations are recomputed.
+
+  A rematerialised block keeps only its inputs for the backward pass and runs
+  its forward pass again there: activation memory falls to about one block's
+  worth plus the block inputs, for roughly one more forward pass of compute.
+  Parameter names and shapes are the same either way.
+  """
+  return nn.remat(block) if remat else block
+
+
 class ConvBN(nn.Module):
   """conv (no bias) → batch norm → activation (ReLU unless None)."""
   features: int

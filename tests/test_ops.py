@@ -11,6 +11,7 @@ from jax import lax
 from helpers import init
 from xception_jax import models
 from xception_jax.models import ops
+from xception_jax.models import layers
 from xception_jax.models.layers import max_pool
 
 TINY = dict(width_multiplier=0.25, middle_flow_repeats=1)
@@ -153,3 +154,59 @@ def test_xception_fast_forms_match_reference_in_training():
     return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
 
   assert_close(run(fast), run(reference), tol=1e-4)
+
+
+def batch_norm_run(layer, variables, x, train):
+  """Output, variable gradients and updated statistics of a loss that weights channels."""
+  def loss(params, x):
+    y, state = layer.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.shape[-1])), (y, state)
+  grads, (y, state) = jax.grad(loss, argnums=(0, 1), has_aux=True)(variables['params'], x)
+  return y, grads, state
+
+
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_fused_batch_norm_equals_flax(train):
+  x = random((4, 5, 5, 6), 0) * 3 + 1
+  options = dict(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+  reference, fused = nn.BatchNorm(**options), layers.FusedBatchNorm(**options)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  assert_close(fused.init(jax.random.PRNGKey(1), x), variables, tol=0)
+  variables = {'params': {'scale': jnp.linspace(0.5, 1.5, 6), 'bias': jnp.linspace(-1, 1, 6)},
+               'batch_stats': {'mean': jnp.full(6, 0.1), 'var': jnp.full(6, 2.0)}}
+  assert_close(batch_norm_run(fused, variables, x, train),
+               batch_norm_run(reference, variables, x, train), tol=2e-5)
+
+
+def test_fused_batch_norm_bfloat16_and_no_scale():
+  x = random((4, 3, 3, 5), 0).astype(jnp.bfloat16)
+  options = dict(use_running_average=False, use_scale=False, dtype=jnp.bfloat16)
+  fused, reference = layers.FusedBatchNorm(**options), nn.BatchNorm(**options)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(1), x)) == \
+      jax.tree.map(jnp.shape, variables)
+  got, want = (layer.apply(variables, x, mutable=['batch_stats']) for layer in (fused, reference))
+  assert got[0].dtype == jnp.bfloat16
+  assert_close(jax.tree.map(lambda a: a.astype(jnp.float32), got),
+               jax.tree.map(lambda a: a.astype(jnp.float32), want), tol=2e-2)
+
+
+def test_fused_batch_norm_synchronises_over_devices():
+  """With axis_name, statistics and gradients are the whole batch's, as with nn.BatchNorm."""
+  mesh = jax.make_mesh((2,), ('batch',))
+  spec = jax.sharding.PartitionSpec
+  x = random((4, 3, 3, 6), 0) * 2 + 0.5
+  fused = layers.FusedBatchNorm(use_running_average=False, axis_name='batch')
+  variables = fused.init(jax.random.PRNGKey(1), x)
+  whole = batch_norm_run(fused.clone(axis_name=None), variables, x, True)
+  spread = jax.device_put(x, jax.sharding.NamedSharding(mesh, spec('batch')))
+  for layer in (fused, nn.BatchNorm(use_running_average=False, axis_name='batch')):
+    # Inside shard_map the replicated parameters' gradients come out summed over devices.
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=spec('batch'),
+                       out_specs=((spec('batch'), spec('batch')), spec()))
+    def sharded(x):
+      y, (param_grads, x_grad), state = batch_norm_run(layer, variables, x, True)
+      return (y, x_grad), (param_grads, state)
+
+    (y, x_grad), (param_grads, state) = sharded(spread)
+    assert_close((y, (param_grads, x_grad), state), whole, tol=2e-5)

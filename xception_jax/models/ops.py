@@ -26,6 +26,9 @@ Implementations, chosen per kind (`IMPLS`):
   pool       'xla': lax.reduce_window (flax's max_pool). 'shifted': maximum
              of the strided slices; the gradient goes to the first maximal
              element of each window, exactly as XLA's select-and-scatter.
+  norm       'xla': flax's nn.BatchNorm. 'fused': the same layer whose
+             training-mode statistics and gradient take one pass each
+             (`batch_norm_train`); see layers.BatchNorm.
 'auto' picks per backend (`AUTO_IMPLS`).
 """
 from __future__ import annotations
@@ -43,11 +46,13 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 
 IMPLS = {'depthwise': ('auto', 'xla', 'shifted'),
          'pointwise': ('auto', 'xla', 'dot'),
-         'pool': ('auto', 'xla', 'shifted')}
+         'pool': ('auto', 'xla', 'shifted'),
+         'norm': ('auto', 'xla', 'fused')}
 
 # What 'auto' means per backend, from measurements on a 2-core CPU
 # (benchmarks/RESULTS.md). GPU and TPU keep XLA's forms until they are measured.
-AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted'}}
+AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
+                      'norm': 'fused'}}
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -128,17 +133,22 @@ def scatter_windows(values: dict[tuple[int, int], jnp.ndarray], strides: Sequenc
   return out[:, :hp, :wp]
 
 
+def _add_tuples(a, b):
+  return tuple(p + q for p, q in zip(a, b))
+
+
 def _tap_sums(xp: jnp.ndarray, g: jnp.ndarray, window, strides) -> jnp.ndarray:
   """Σ over N, H, W of each tap's input window times `g`: (kh, kw, C), in float32 or wider."""
   acc = jnp.promote_types(g.dtype, jnp.float32)
   g = g.astype(acc)
   products = tuple(tap.astype(acc) * g for _, _, tap in windows(xp, window, strides))
-  # One variadic reduce reads xp and g once for all taps; N and H first, whose
-  # partial sums (W, C) stay contiguous, then W. Nine separate reductions
-  # materialise nine shifted copies of the input and run 3-4× slower.
+  # One variadic reduce reads xp and g once for all taps, over N first (its
+  # partial sums keep the contiguous H, W, C layout), then over H and W. Nine
+  # separate reductions materialise nine shifted copies of the input and run
+  # 3-5× slower; reducing N and H together is ~10% slower over the whole model.
   zeros = (jnp.array(0, acc),) * len(products)
-  rows = lax.reduce(products, zeros, lambda a, b: tuple(p + q for p, q in zip(a, b)), (0, 1))
-  return jnp.stack([r.sum(0) for r in rows]).reshape(*window, -1)
+  maps = lax.reduce(products, zeros, _add_tuples, (0,))
+  return jnp.stack([m.sum((0, 1)) for m in maps]).reshape(*window, -1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -194,8 +204,11 @@ def pointwise_dot(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
   """A 1×1 conv of NHWC `x` with kernel (1, 1, C, F) as one matrix product (no padding)."""
   if any(s != 1 for s in strides):
     x = x[:, ::strides[0], ::strides[1], :]
-  return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision,
-                         preferred_element_type=preferred_element_type)
+  # As a 2-D product: contracting the 4-D form over N, H, W for the kernel
+  # gradient makes XLA transpose the output gradient first.
+  y = lax.dot_general(x.reshape(-1, x.shape[-1]), kernel[0, 0], (((1,), (0,)), ((), ())),
+                      precision=precision, preferred_element_type=preferred_element_type)
+  return y.reshape(*x.shape[:3], y.shape[-1])
 
 
 def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count):
@@ -288,3 +301,75 @@ def _max_pool_bwd(window, strides, padding, residuals, g):
 shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+
+
+def _channel_sums(*arrays: jnp.ndarray) -> tuple:
+  """Per-channel (last axis) sums of each array."""
+  # Separate sums: XLA's CPU library reductions take each in one fast pass,
+  # while one variadic reduce over all rows runs in a slow generic loop.
+  return tuple(a.reshape(-1, a.shape[-1]).sum(0) for a in arrays)
+
+
+def _vary_like(value: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+  """`value` marked as varying over every manual (shard_map) axis that `like` varies over.
+
+  A custom VJP must return cotangents typed like its inputs; broadcasting a
+  replicated parameter explicitly before the call lets autodiff sum its
+  per-device cotangents (pcast's transpose), as it does for nn.BatchNorm.
+  """
+  def varying(a):
+    axis_type = getattr(jax.typeof(a), 'manual_axis_type', None)
+    return frozenset(getattr(axis_type, 'varying', ()))
+  missing = varying(like) - varying(value)
+  return lax.pcast(value, tuple(sorted(missing)), to='varying') if missing else value
+
+
+def batch_norm_train(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float,
+                     axis_name: Optional[str] = None):
+  """Training-mode batch norm over all axes but the last: (y, batch mean, batch variance).
+
+  Computes what flax's nn.BatchNorm computes (statistics in float32 or wider,
+  variance E[x²] − E[x]² clipped at 0, `axis_name` summing over devices), y in
+  `x`'s dtype promoted with the parameters'. The normalisation's backward pass
+  is written out: two sums and one elementwise pass, where autodiff of the
+  same formula materialises the centred input and a scaled gradient and sums
+  three times.
+  """
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  xf = x.astype(acc)
+  total, squares = _channel_sums(xf, xf * xf)
+  count = x.size // x.shape[-1]
+  if axis_name:
+    total, squares, count = lax.psum((total, squares, count), axis_name)
+  mean = total / count
+  var = jnp.maximum(0.0, squares / count - mean * mean)
+  out_dtype = jnp.result_type(x.dtype, scale.dtype, bias.dtype)
+  stats = [_vary_like(v, x) for v in (mean, var, scale, bias)]
+  return _normalize(x, *stats, epsilon, out_dtype), mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _normalize(x, mean, var, scale, bias, epsilon, out_dtype):
+  return _normalize_fwd(x, mean, var, scale, bias, epsilon, out_dtype)[0]
+
+
+def _normalize_fwd(x, mean, var, scale, bias, epsilon, out_dtype):
+  rstd = lax.rsqrt(var + epsilon)
+  mul = rstd * scale.astype(mean.dtype)
+  y = (x.astype(mean.dtype) - mean) * mul + bias.astype(mean.dtype)
+  return y.astype(out_dtype), (x, mean, rstd, scale)
+
+
+def _normalize_bwd(epsilon, out_dtype, residuals, g):
+  x, mean, rstd, scale = residuals
+  acc = mean.dtype
+  g = g.astype(acc)
+  g_total, g_dot_x = _channel_sums(g, g * x.astype(acc))
+  g_dot_xhat = rstd * (g_dot_x - mean * g_total)      # Σ g·x̂, x̂ = (x − mean)·rstd
+  scale_f = scale.astype(acc)
+  mul = rstd * scale_f
+  return ((mul * g).astype(x.dtype), -mul * g_total, -0.5 * scale_f * rstd * rstd * g_dot_xhat,
+          g_dot_xhat.astype(scale.dtype), g_total.astype(scale.dtype))
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)

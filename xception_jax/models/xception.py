@@ -74,6 +74,7 @@ class Xception(nn.Module):
   depthwise_impl: str = 'auto'             # 'xla' (reference), 'shifted'; 'auto': per backend.
   pointwise_impl: str = 'auto'             # 'xla' (reference), 'dot'; 'auto': per backend.
   pool_impl: str = 'auto'                  # 'xla' (reference), 'shifted'; 'auto': per backend.
+  norm_impl: str = 'auto'                  # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
   remat: bool = False                      # Recompute each block's activations in backward.
   width_multiplier: float = 1.0
   middle_flow_repeats: int = 8
@@ -92,7 +93,8 @@ class Xception(nn.Module):
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
-        depthwise_impl=self.depthwise_impl, pointwise_impl=self.pointwise_impl)
+        depthwise_impl=self.depthwise_impl, pointwise_impl=self.pointwise_impl,
+        norm_impl=self.norm_impl)
     sep_options = dict(conv=conv, norm=norm, segments=self.channel_segments,
                        intermediate_activation=activation_by_name(self.intermediate_activation))
     sep = functools.partial(SeparableConvBN, **sep_options)

@@ -260,42 +260,39 @@ def conv_general_dilated_fn(depthwise_impl: str = 'auto', pointwise_impl: str = 
                   resolve_impl('pointwise', pointwise_impl))
 
 
-def _max_and_first_argmax(x, window, strides, padding):
-  xp = _pad_hw(x, explicit_pads(x.shape[1:3], window, strides, padding), -jnp.inf)
-  taps = [tap for _, _, tap in windows(xp, window, strides)]
-  y = functools.reduce(jnp.maximum, taps)
-  # A reduce is never fused into its consumers, so the backward pass reads one
-  # small index per output instead of recomputing the window's comparisons.
-  first = jnp.argmax(jnp.stack(taps), axis=0).astype(jnp.int8)
-  return y, first
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def shifted_max_pool(x: jnp.ndarray, window: tuple[int, int], strides: tuple[int, int],
                      padding: Padding) -> jnp.ndarray:
-  """Max pool of NHWC `x` over `window` (at most 127 taps), equal to `nn.max_pool`.
+  """Max pool of NHWC `x` over `window`, equal to `nn.max_pool` in value and gradient.
 
-  Forward values and gradients are identical to XLA's: the gradient of each
-  window goes to its first maximal element in row-major order.
+  The forward pass is XLA's reduce-window (kept: an unfused result, where the
+  maximum of shifted slices gets recomputed by every consumer that reads
+  neighbours, e.g. 9× by a depthwise conv). The gradient goes to the first
+  maximal element of each window in row-major order, as XLA's
+  select-and-scatter does, but is computed from shifted windows in one loop.
   """
-  xp = _pad_hw(x, explicit_pads(x.shape[1:3], window, strides, padding), -jnp.inf)
-  return functools.reduce(jnp.maximum, (tap for _, _, tap in windows(xp, window, strides)))
+  pads = explicit_pads(x.shape[1:3], window, strides, padding)
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, *window, 1),
+                           (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  y, first = _max_and_first_argmax(x, window, strides, padding)
-  return y, (first, x.shape)
+  y = shifted_max_pool(x, window, strides, padding)
+  return y, (x, y)
 
 
 def _max_pool_bwd(window, strides, padding, residuals, g):
-  first, shape = residuals
-  (top, bottom), (left, right) = explicit_pads(shape[1:3], window, strides, padding)
-  padded_hw = (shape[1] + top + bottom, shape[2] + left + right)
+  x, y = residuals
+  (top, bottom), (left, right) = pads = explicit_pads(x.shape[1:3], window, strides, padding)
+  xp = _pad_hw(x, pads, -jnp.inf)
   zero = jnp.array(0, g.dtype)
-  values = {divmod(t, window[1]): jnp.where(first == t, g, zero)
-            for t in range(window[0] * window[1])}
-  dxp = scatter_windows(values, strides, padded_hw)
-  return (dxp[:, top:padded_hw[0] - bottom, left:padded_hw[1] - right],)
+  values, taken = {}, None
+  for i, j, tap in windows(xp, window, strides):
+    first = tap == y if taken is None else (tap == y) & ~taken
+    taken = first if taken is None else taken | first
+    values[i, j] = jnp.where(first, g, zero)
+  dxp = scatter_windows(values, strides, xp.shape[1:3])
+  return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right],)
 
 
 shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -271,26 +271,29 @@ def shifted_max_pool(x: jnp.ndarray, window: tuple[int, int], strides: tuple[int
   maximal element of each window in row-major order, as XLA's
   select-and-scatter does, but is computed from shifted windows in one loop.
   """
+  # The backward pass finds each window's maximum again from `x` rather than
+  # comparing with the forward output: XLA may compute `x` in two fusions with
+  # different rounding, and an equality test would then miss the maximum.
   pads = explicit_pads(x.shape[1:3], window, strides, padding)
   return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, *window, 1),
                            (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  y = shifted_max_pool(x, window, strides, padding)
-  return y, (x, y)
+  return shifted_max_pool(x, window, strides, padding), x
 
 
-def _max_pool_bwd(window, strides, padding, residuals, g):
-  x, y = residuals
+def _max_pool_bwd(window, strides, padding, x, g):
   (top, bottom), (left, right) = pads = explicit_pads(x.shape[1:3], window, strides, padding)
   xp = _pad_hw(x, pads, -jnp.inf)
+  taps = list(windows(xp, window, strides))
+  best, first = taps[0][2], jnp.zeros(g.shape, jnp.int32)
+  for t, (_, _, tap) in enumerate(taps[1:], 1):
+    later = tap > best          # strictly greater: ties stay with the earlier tap
+    best = jnp.where(later, tap, best)
+    first = jnp.where(later, t, first)
   zero = jnp.array(0, g.dtype)
-  values, taken = {}, None
-  for i, j, tap in windows(xp, window, strides):
-    first = tap == y if taken is None else (tap == y) & ~taken
-    taken = first if taken is None else taken | first
-    values[i, j] = jnp.where(first, g, zero)
+  values = {(i, j): jnp.where(first == t, g, zero) for t, (i, j, _) in enumerate(taps)}
   dxp = scatter_windows(values, strides, xp.shape[1:3])
   return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right],)
 

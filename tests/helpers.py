@@ -15,3 +15,13 @@ def init(model, image_size: int, batch: int = 2, seed: int = 0):
   """Real variables for `model` at `image_size`."""
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
   return model.init(jax.random.PRNGKey(seed), x, train=False)
+
+
+def train_gradients(model, variables, x, seed: int = 2):
+  """Gradients of Σ sin(logits) in training mode w.r.t. the parameters, and (logits, state)."""
+  def loss(params):
+    logits, state = model.apply({**variables, 'params': params}, x, train=True,
+                                rngs={'dropout': jax.random.PRNGKey(seed)},
+                                mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(logits)), (logits, state)
+  return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from helpers import init
+from helpers import init, train_gradients
 from xception_jax import models
 from xception_jax.models import ops
 from xception_jax.models import layers
@@ -164,21 +164,15 @@ def test_impl_names_are_checked_and_auto_is_per_backend():
 def test_xception_fast_forms_match_reference_in_training():
   """The whole model: same parameters, same logits, BN statistics and gradients."""
   reference = models.create_model('xception', num_classes=5, depthwise_impl='xla',
-                                  pointwise_impl='xla', pool_impl='xla', **TINY)
-  fast = reference.clone(depthwise_impl='shifted', pointwise_impl='dot', pool_impl='shifted')
+                                  pointwise_impl='xla', pool_impl='xla', norm_impl='xla',
+                                  **TINY)
+  fast = reference.clone(depthwise_impl='shifted', pointwise_impl='dot', pool_impl='shifted',
+                         norm_impl='fused')
   variables = init(reference, 71)
   assert jax.tree.map(jnp.shape, init(fast, 71)) == jax.tree.map(jnp.shape, variables)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
-
-  def run(model):
-    def loss(params):
-      logits, state = model.apply({**variables, 'params': params}, x, train=True,
-                                  rngs={'dropout': jax.random.PRNGKey(2)},
-                                  mutable=['batch_stats'])
-      return jnp.sum(jnp.sin(logits)), (logits, state)
-    return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
-
-  assert_close(run(fast), run(reference), tol=1e-4)
+  assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
+               tol=1e-4)
 
 
 def batch_norm_run(layer, variables, x, train):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import init, param_count
+from helpers import init, param_count, train_gradients
 from xception_jax import models
 
 XCEPTION = 22_855_952          # Paper Table 3 = Keras trainable count = timm legacy_xception.
@@ -176,15 +176,6 @@ def test_remat_keeps_parameters_values_and_gradients():
   variables = init(model, 71)
   assert jax.tree.map(jnp.shape, init(rematerialised, 71)) == jax.tree.map(jnp.shape, variables)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
-
-  def gradients(model):
-    def loss(params):
-      logits, state = model.apply({**variables, 'params': params}, x, train=True,
-                                  rngs={'dropout': jax.random.PRNGKey(2)},
-                                  mutable=['batch_stats'])
-      return jnp.sum(logits ** 2), state
-    return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
-
-  for got, want in zip(jax.tree.leaves(gradients(rematerialised)),
-                       jax.tree.leaves(gradients(model))):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+  got, want = (train_gradients(m, variables, x) for m in (rematerialised, model))
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))

@@ -1,4 +1,4 @@
-"""Faster forms of three operations, as drop-in replacements for XLA's.
+"""Faster forms of four operations, as drop-in replacements for XLA's.
 
 XLA computes them with generic kernels that are slow on CPU for the shapes
 of these models (measurements: benchmarks/RESULTS.md):
@@ -8,7 +8,8 @@ of these models (measurements: benchmarks/RESULTS.md):
   backward pass especially (on CUDA as well: jax-ml/jax issue 13800);
 * 1×1 convs, whose kernel gradient becomes a convolution with a window as
   large as the feature map, up to 8× slower than the matrix product it is;
-* max pooling, whose gradient becomes an argmax reduce-window and a scatter.
+* max pooling, whose gradient becomes an argmax reduce-window and a scatter;
+* batch norm, whose autodiff gradient materialises extra activation copies.
 
 The replacements keep every parameter: a conv implementation has the
 signature of `lax.conv_general_dilated` and is passed to `nn.Conv` as
@@ -23,12 +24,11 @@ Implementations, chosen per kind (`IMPLS`):
              by one kernel tap and summed in one fused loop.
   pointwise  'xla': lax.conv_general_dilated. 'dot': one matrix product over
              the channel axis (a strided 1×1 conv subsamples first).
-  pool       'xla': lax.reduce_window (flax's max_pool). 'shifted': maximum
-             of the strided slices; the gradient goes to the first maximal
-             element of each window, exactly as XLA's select-and-scatter.
-  norm       'xla': flax's nn.BatchNorm. 'fused': the same layer whose
-             training-mode statistics and gradient take one pass each
-             (`batch_norm_train`); see layers.BatchNorm.
+  pool       'xla': flax's max_pool. 'shifted': the same forward pass; the
+             gradient, computed from shifted windows, goes to the first
+             maximal element of each window as XLA's select-and-scatter does.
+  norm       'xla': flax's nn.BatchNorm. 'fused': layers.FusedBatchNorm, whose
+             training-mode gradient is written out (`batch_norm_train`).
 'auto' picks per backend (`AUTO_IMPLS`).
 """
 from __future__ import annotations
@@ -301,8 +301,6 @@ def _max_pool_bwd(window, strides, padding, x, g):
 shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-
-
 def _channel_sums(*arrays: jnp.ndarray) -> tuple:
   """Per-channel (last axis) sums of each array."""
   # Separate sums: XLA's CPU library reductions take each in one fast pass,
@@ -357,11 +355,11 @@ def _normalize_fwd(x, mean, var, scale, bias, epsilon, out_dtype):
   rstd = lax.rsqrt(var + epsilon)
   mul = rstd * scale.astype(mean.dtype)
   y = (x.astype(mean.dtype) - mean) * mul + bias.astype(mean.dtype)
-  return y.astype(out_dtype), (x, mean, rstd, scale)
+  return y.astype(out_dtype), (x, mean, rstd, scale, bias)
 
 
 def _normalize_bwd(epsilon, out_dtype, residuals, g):
-  x, mean, rstd, scale = residuals
+  x, mean, rstd, scale, bias = residuals
   acc = mean.dtype
   g = g.astype(acc)
   g_total, g_dot_x = _channel_sums(g, g * x.astype(acc))
@@ -369,7 +367,7 @@ def _normalize_bwd(epsilon, out_dtype, residuals, g):
   scale_f = scale.astype(acc)
   mul = rstd * scale_f
   return ((mul * g).astype(x.dtype), -mul * g_total, -0.5 * scale_f * rstd * rstd * g_dot_xhat,
-          g_dot_xhat.astype(scale.dtype), g_total.astype(scale.dtype))
+          g_dot_xhat.astype(scale.dtype), g_total.astype(bias.dtype))
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)

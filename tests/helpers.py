@@ -38,3 +38,13 @@ def random_variables(model, image_size=None, seed: int = 0):
     return value.astype(leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(make, tree.variable_template(model, image_size))
+
+
+def train_gradients(model, variables, x, seed: int = 2):
+  """Gradients of Σ sin(logits) in training mode w.r.t. the parameters, and (logits, state)."""
+  def loss(params):
+    logits, state = model.apply({**variables, 'params': params}, x, train=True,
+                                rngs={'dropout': jax.random.PRNGKey(seed)},
+                                mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(logits)), (logits, state)
+  return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])

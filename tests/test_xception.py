@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import init, param_count
+from helpers import init, param_count, train_gradients
 from xception_jax import models
 
 XCEPTION = 22_855_952          # Paper Table 3 = Keras trainable count = timm legacy_xception.
@@ -168,3 +168,14 @@ def test_bfloat16_compute_with_float32_params():
   assert np.all(np.isfinite(out16))
   # bfloat16 has an 8-bit mantissa: logits agree to a few percent of their scale.
   assert np.abs(out16 - out32).max() < 0.05 * np.abs(out32).max() + 0.05
+
+
+def test_remat_keeps_parameters_values_and_gradients():
+  model = models.create_model('xception', num_classes=5, **TINY)
+  rematerialised = model.clone(remat=True)
+  variables = init(model, 71)
+  assert jax.tree.map(jnp.shape, init(rematerialised, 71)) == jax.tree.map(jnp.shape, variables)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
+  got, want = (train_gradients(m, variables, x) for m in (rematerialised, model))
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))

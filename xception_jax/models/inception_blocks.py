@@ -54,9 +54,11 @@ def conv_bn(spec: Conv, conv: ModuleDef, norm: ModuleDef, width_multiplier: floa
                 strides=spec.stride, padding=spec.padding, name=name)
 
 
-def pool(x: jnp.ndarray, spec: Pool, count_include_pad: bool) -> jnp.ndarray:
+def pool(x: jnp.ndarray, spec: Pool, count_include_pad: bool = False,
+         max_pool_impl: str = 'auto') -> jnp.ndarray:
+  """The pooling `spec` asks for; max pooling computed as `max_pool_impl` says (ops.py)."""
   if spec.kind == 'max':
-    return max_pool(x, spec.window, spec.stride, spec.padding)
+    return max_pool(x, spec.window, spec.stride, spec.padding, impl=max_pool_impl)
   return avg_pool(x, spec.window, spec.stride, spec.padding, count_include_pad)
 
 
@@ -73,6 +75,7 @@ class InceptionBlock(nn.Module):
   norm: ModuleDef
   width_multiplier: float = 1.0
   count_include_pad: bool = False
+  pool_impl: str = 'auto'
   residual_scale: Optional[float] = None
   activation: Activation = nn.relu
 
@@ -85,7 +88,7 @@ class InceptionBlock(nn.Module):
       y, j = x, 0
       for step in branch:
         if isinstance(step, Pool):
-          y = pool(y, step, self.count_include_pad)
+          y = pool(y, step, self.count_include_pad, self.pool_impl)
           continue
         if isinstance(step, Split):
           y = jnp.concatenate([layer(s, name=f'branch{i}_{j}{"ab"[k]}')(y)
@@ -124,6 +127,9 @@ class InceptionBase(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_scale: bool = False
+  pointwise_impl: str = 'auto'              # 'xla' (reference), 'dot'; 'auto': per backend.
+  pool_impl: str = 'auto'                   # 'xla' (reference), 'shifted'; 'auto': per backend.
+  norm_impl: str = 'auto'                   # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -144,10 +150,12 @@ class InceptionBase(nn.Module):
     check_input_size(x, self.min_input_size, self.model_name)
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
+        pointwise_impl=self.pointwise_impl, norm_impl=self.norm_impl)
     block = functools.partial(InceptionBlock, conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier,
-                              count_include_pad=self.avg_pool_count_include_pad)
+                              count_include_pad=self.avg_pool_count_include_pad,
+                              pool_impl=self.pool_impl)
     layer = functools.partial(conv_bn, conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier)
     features = {}
@@ -164,14 +172,14 @@ class InceptionBase(nn.Module):
 
 
 def run_stem(x, steps: Sequence[tuple[Optional[str], Step]], layer, features: dict,
-             record: Sequence[str] = ()):
+             record: Sequence[str] = (), pool_impl: str = 'auto'):
   """Runs named `(name, Conv)` and unnamed `(None, Pool)` steps in order.
 
   The outputs of the convs named in `record` are stored in `features`.
   """
   for name, step in steps:
     if isinstance(step, Pool):
-      x = pool(x, step, count_include_pad=False)
+      x = pool(x, step, max_pool_impl=pool_impl)
     else:
       x = layer(step, name=name)(x)
       if name in record:

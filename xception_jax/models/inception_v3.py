@@ -97,8 +97,9 @@ class InceptionV3(InceptionBase):
   feature_names = ('conv_2b', 'conv_4a', 'mixed_5', 'mixed_6', 'mixed_7')
 
   def body(self, x, block, layer, features, train):
-    x = run_stem(x, V3_STEM, layer, features, record=('conv_2b', 'conv_4a'))
-    x = pool(x, REDUCE, count_include_pad=False)
+    x = run_stem(x, V3_STEM, layer, features, record=('conv_2b', 'conv_4a'),
+                 pool_impl=self.pool_impl)
+    x = pool(x, REDUCE, max_pool_impl=self.pool_impl)
     for suffix, pool_features in zip('bcd', (32, 64, 64)):
       x = block(module_35(pool_features), name=f'mixed_5{suffix}')(x)
     features['mixed_5'] = x

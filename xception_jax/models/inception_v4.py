@@ -54,7 +54,7 @@ class InceptionV4(InceptionBase):
   feature_names = ('conv_2b', 'mixed_4a', 'inception_a', 'inception_b', 'inception_c')
 
   def body(self, x, block, layer, features, train):
-    x = run_stem(x, V3_STEM[:3], layer, features, record=('conv_2b',))
+    x = run_stem(x, V3_STEM[:3], layer, features, record=('conv_2b',), pool_impl=self.pool_impl)
     x = block(MIXED_3A, name='mixed_3a')(x)
     x = features['mixed_4a'] = block(MIXED_4A, name='mixed_4a')(x)
     x = block(MIXED_5A, name='mixed_5a')(x)

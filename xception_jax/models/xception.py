@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from xception_jax.models import registry
 from xception_jax.models.layers import (ClassifierHead, ConvBN, ModuleDef, SeparableConvBN,
                                         activation_by_name, check_input_size,
-                                        conv_and_norm_defs, global_pool, max_pool,
+                                        conv_and_norm_defs, global_pool, max_pool, maybe_remat,
                                         scaled_channels)
 
 
@@ -41,6 +41,7 @@ class XceptionModule(nn.Module):
   residual: bool = True
   relu_first: bool = True
   pool_padding: str = 'same'
+  pool_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -50,7 +51,7 @@ class XceptionModule(nn.Module):
         x = nn.relu(x)
       x = self.sep(width, name=f'sepconv{i + 1}')(x)
     if self.downsample:
-      x = max_pool(x, 3, 2, POOL_PADDINGS[self.pool_padding])
+      x = max_pool(x, 3, 2, POOL_PADDINGS[self.pool_padding], impl=self.pool_impl)
     if not self.residual:
       return x
     if self.downsample:
@@ -77,6 +78,11 @@ class Xception(nn.Module):
   intermediate_activation: Optional[str] = None   # 'relu' / 'elu': Fig. 10.
   fc_layers: Sequence[int] = ()             # (4096, 4096): the JFT variant, Fig. 8.
   channel_segments: Optional[int] = None    # None = depthwise; 1 = full 3×3 conv (§1.2).
+  depthwise_impl: str = 'auto'             # 'xla' (reference), 'shifted'; 'auto': per backend.
+  pointwise_impl: str = 'auto'             # 'xla' (reference), 'dot'; 'auto': per backend.
+  pool_impl: str = 'auto'                  # 'xla' (reference), 'shifted'; 'auto': per backend.
+  norm_impl: str = 'auto'                  # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
+  remat: bool = False                      # Recompute each block's activations in backward.
   width_multiplier: float = 1.0
   middle_flow_repeats: int = 8
   pool_padding: str = 'same'                # 'symmetric': timm's legacy_xception.
@@ -98,12 +104,18 @@ class Xception(nn.Module):
       raise ValueError(f"pool_padding must be 'same' or 'symmetric', got {self.pool_padding!r}.")
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale)
-    sep = functools.partial(
-        SeparableConvBN, conv=conv, norm=norm, segments=self.channel_segments,
-        intermediate_activation=activation_by_name(self.intermediate_activation))
-    module = functools.partial(XceptionModule, sep=sep, conv=conv, norm=norm,
-                               residual=self.residual, pool_padding=self.pool_padding)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
+        depthwise_impl=self.depthwise_impl, pointwise_impl=self.pointwise_impl,
+        norm_impl=self.norm_impl)
+    sep_options = dict(conv=conv, norm=norm, segments=self.channel_segments,
+                       intermediate_activation=activation_by_name(self.intermediate_activation))
+    sep = functools.partial(SeparableConvBN, **sep_options)
+    # Rematerialisation units: each module and each exit-flow separable conv.
+    module = functools.partial(maybe_remat(XceptionModule, self.remat), sep=sep, conv=conv,
+                               norm=norm, residual=self.residual, pool_padding=self.pool_padding,
+                               pool_impl=self.pool_impl)
+    exit_sep = functools.partial(maybe_remat(SeparableConvBN, self.remat), activation=nn.relu,
+                                 **sep_options)
     c = functools.partial(scaled_channels, width_multiplier=self.width_multiplier)
     exit_block = 5 + self.middle_flow_repeats
     features = {}
@@ -125,8 +137,8 @@ class Xception(nn.Module):
 
     # Exit flow.
     x = module((c(728), c(1024)), downsample=True, name=f'block{exit_block}')(x)
-    x = sep(c(1536), activation=nn.relu, name=f'block{exit_block + 1}_sepconv1')(x)
-    x = sep(c(2048), activation=nn.relu, name=f'block{exit_block + 1}_sepconv2')(x)
+    x = exit_sep(c(1536), name=f'block{exit_block + 1}_sepconv1')(x)
+    x = exit_sep(c(2048), name=f'block{exit_block + 1}_sepconv2')(x)
     features['exit_flow'] = x
 
     if self.include_top:

@@ -1,0 +1,360 @@
+"""Training and inference throughput of our models next to timm/PyTorch and Keras 3 (JAX).
+
+    python -m benchmarks.throughput --model=xception --batch=8 --image-size=299 \
+        --mode=train --dtype=float32
+
+Every framework runs in its own subprocess, one after the other and, with
+`--rounds` > 1, interleaved round by round, so all see the same machine and
+load; peak memory is then per framework. A step is one forward and backward
+pass with softmax cross-entropy and an SGD-with-momentum update (`train`),
+or one forward pass in inference mode (`infer`), on a fixed random batch
+(no input pipeline). Images/s is the batch over the median step time after
+`--warmup` untimed steps; compile time (JAX and Keras: tracing and XLA
+compilation; PyTorch: none) is reported apart. Peak memory is the process's
+peak resident set; for our models also XLA's own buffer assignment of the
+compiled step, per image of the batch.
+
+Several models, batches and modes: give comma-separated lists. `--ours`
+adds variants of our model (`name:option=value,...`, optionally
+`@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`.
+The table is printed and, unless `--no-record`, appended to
+benchmarks/RESULTS.md with the machine, versions, date, load and command.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'RESULTS.md')
+# Peers of each of our models: timm name (None: not in timm) and keras.applications name.
+PEERS = {
+    'xception': ('legacy_xception', 'Xception'),
+    'inception_v3': ('inception_v3', 'InceptionV3'),
+    'inception_v4': ('inception_v4', None),
+    'inception_resnet_v2': ('inception_resnet_v2', 'InceptionResNetV2'),
+}
+FRAMEWORKS = ('ours', 'timm', 'timm-cl', 'keras')
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers: each measures one framework in a fresh process and prints one JSON line.
+
+def _time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def _peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB.
+
+
+def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from xception_jax import models
+
+  dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
+  model = models.create_model(args.model, dtype=dtype, **options)
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 3),
+                         minval=-1, maxval=1)
+  labels = jnp.arange(args.batch) % 1000
+  variables = jax.jit(lambda: model.init(key, x[:1], train=False))()
+  if args.mode == 'infer':
+    step_fn = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+    state = (variables,)
+  else:
+    tx = optax.sgd(0.01, momentum=0.9)
+
+    def train_step(params, batch_stats, opt_state, x, labels):
+      def loss_fn(params):
+        logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, x,
+                                      train=True, rngs={'dropout': key},
+                                      mutable=['batch_stats'])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, updates['batch_stats']
+      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    # Donation lets XLA update parameters, statistics and momenta in place.
+    step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
+    state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
+  inputs = (x,) if args.mode == 'infer' else (x, labels)
+  start = time.perf_counter()
+  compiled = step_fn.lower(*state, *inputs).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+
+  def step():
+    nonlocal state
+    out = compiled(*state, *inputs)
+    if args.mode == 'train':
+      state = out[:3]
+    jax.block_until_ready(out)
+
+  times = _time_steps(step, args.warmup, args.repeats)
+  temp = getattr(memory, 'temp_size_in_bytes', None)
+  return dict(compile_s=compile_s, times=times, peak_rss_mib=_peak_rss_mib(),
+              xla_temp_mib_per_image=None if temp is None else temp / 2**20 / args.batch,
+              backend=jax.default_backend())
+
+
+def worker_timm(args, channels_last: bool) -> dict[str, Any]:
+  import timm
+  import torch
+
+  name = PEERS[args.model][0]
+  torch.manual_seed(0)
+  model = timm.create_model(name, num_classes=1000)
+  x = torch.rand(args.batch, 3, args.image_size, args.image_size) * 2 - 1
+  labels = torch.arange(args.batch) % 1000
+  if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  model.train(args.mode == 'train')
+
+  def step():
+    if args.mode == 'infer':
+      with torch.inference_mode(), autocast:
+        model(x)
+      return
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      loss = torch.nn.functional.cross_entropy(model(x), labels)
+    loss.backward()
+    optimizer.step()
+
+  times = _time_steps(step, args.warmup, args.repeats)
+  return dict(compile_s=0.0, times=times, peak_rss_mib=_peak_rss_mib(),
+              threads=torch.get_num_threads())
+
+
+def worker_keras(args) -> dict[str, Any]:
+  os.environ['KERAS_BACKEND'] = 'jax'
+  import keras
+  import numpy as np
+
+  if args.dtype == 'bfloat16':
+    keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  constructor = getattr(keras.applications, PEERS[args.model][1])
+  model = constructor(weights=None, input_shape=(args.image_size, args.image_size, 3))
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype('float32')
+  labels = np.arange(args.batch) % 1000
+  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss='sparse_categorical_crossentropy', jit_compile=True)
+  step = ((lambda: model.predict_on_batch(x)) if args.mode == 'infer' else
+          (lambda: model.train_on_batch(x, labels)))
+  start = time.perf_counter()
+  step()   # Traces and compiles.
+  compile_s = time.perf_counter() - start
+  times = _time_steps(step, max(args.warmup - 1, 0), args.repeats)
+  return dict(compile_s=compile_s, times=times, peak_rss_mib=_peak_rss_mib())
+
+
+def run_worker(args) -> None:
+  framework = args.worker
+  if framework == 'ours':
+    result = worker_ours(args, ast.literal_eval(args.options))
+  elif framework in ('timm', 'timm-cl'):
+    result = worker_timm(args, channels_last=framework == 'timm-cl')
+  else:
+    result = worker_keras(args)
+  print('RESULT ' + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver.
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any], str]:
+  """'name:key=value,...@XLA_FLAGS' → (name, options, flags); values are Python literals."""
+  spec, _, flags = spec.partition('@')
+  name, _, options = spec.partition(':')
+  parsed = {}
+  for item in filter(None, options.split(',')):
+    key, _, value = item.partition('=')
+    try:
+      parsed[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed[key] = value
+  return name or 'ours', parsed, flags
+
+
+def installed(module: str) -> bool:
+  import importlib.util
+  return importlib.util.find_spec(module) is not None
+
+
+def measure(args, framework: str, model: str, batch: int, mode: str,
+            options: Optional[dict] = None, flags: str = '') -> Optional[dict[str, Any]]:
+  """Runs one worker; its result dict, or None (with the reason printed) if it failed."""
+  command = [sys.executable, '-m', 'benchmarks.throughput', f'--worker={framework}',
+             f'--model={model}', f'--batch={batch}', f'--mode={mode}',
+             f'--image-size={args.image_size}', f'--dtype={args.dtype}',
+             f'--warmup={args.warmup}', f'--repeats={args.repeats}',
+             f'--options={options or {}!r}']
+  env = dict(os.environ, KERAS_BACKEND='jax', TF_CPP_MIN_LOG_LEVEL='3')
+  if flags:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+  for line in proc.stdout.splitlines():
+    if line.startswith('RESULT '):
+      return json.loads(line[len('RESULT '):])
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+  print(f'  {framework} {model} failed (exit {proc.returncode}): {" | ".join(tail)}',
+        file=sys.stderr)
+  return None
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return f'{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
+
+
+def versions() -> str:
+  from importlib import metadata
+  out = []
+  for package in ('jax', 'jaxlib', 'flax', 'torch', 'timm', 'keras'):
+    try:
+      out.append(f'{package} {metadata.version(package)}')
+    except metadata.PackageNotFoundError:
+      pass
+  return ', '.join(out)
+
+
+def load() -> str:
+  return ' '.join(f'{x:.2f}' for x in os.getloadavg())
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--model', default='xception', help='comma-separated registry names')
+  parser.add_argument('--batch', default='8', help='comma-separated batch sizes')
+  parser.add_argument('--image-size', type=int, default=299)
+  parser.add_argument('--mode', default='train', help='train, infer, or both comma-separated')
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--warmup', type=int, default=1)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='measure every framework this many times, interleaved')
+  parser.add_argument('--peers', default='timm,timm-cl,keras',
+                      help='timm (NCHW), timm-cl (channels-last), keras; "" for none')
+  parser.add_argument('--ours', action='append', default=None,
+                      help='variant of our model, name:option=value,...[@XLA_FLAGS]; repeatable')
+  parser.add_argument('--no-record', action='store_true', help='do not append to RESULTS.md')
+  parser.add_argument('--note', default='', help='a line recorded with the results')
+  parser.add_argument('--worker', choices=FRAMEWORKS, help=argparse.SUPPRESS)
+  parser.add_argument('--options', default='{}', help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:
+    args.batch = int(args.batch)
+    return run_worker(args)
+
+  variants = [parse_variant(v) for v in (args.ours or ['ours'])]
+  peers = [p for p in args.peers.split(',') if p]
+  available = {'timm': installed('timm') and installed('torch'),
+               'timm-cl': installed('timm') and installed('torch'), 'keras': installed('keras')}
+  command = 'python -m benchmarks.throughput ' + ' '.join(
+      shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+  load_before = load()
+  rows = []
+  for model in args.model.split(','):
+    for batch in map(int, args.batch.split(',')):
+      for mode in args.mode.split(','):
+        jobs = [(name, 'ours', options, flags) for name, options, flags in variants]
+        jobs += [(p, p, None, '') for p in peers
+                 if available.get(p) and PEERS.get(model, (None, None))[p == 'keras'] is not None]
+        results: dict[str, list[dict]] = {name: [] for name, *_ in jobs}
+        for _ in range(args.rounds):
+          for name, framework, options, flags in jobs:
+            print(f'measuring {model} batch {batch} {mode}: {name} ...', file=sys.stderr)
+            result = measure(args, framework, model, batch, mode, options, flags)
+            if result:
+              results[name].append(result)
+        rows += summarize(model, batch, mode, args.dtype, results)
+  table = format_table(rows)
+  print(table)
+  if not args.no_record:
+    record(args, table, command, load_before)
+
+
+def summarize(model, batch, mode, dtype, results) -> list[dict[str, Any]]:
+  rows = []
+  for name, runs in results.items():
+    if not runs:
+      continue
+    step = statistics.median(t for run in runs for t in run['times'])
+    rows.append(dict(model=model, batch=batch, mode=mode, dtype=dtype, name=name,
+                     step_s=step, images_s=batch / step,
+                     compile_s=statistics.median(r['compile_s'] for r in runs),
+                     peak_rss_mib=max(r['peak_rss_mib'] for r in runs),
+                     xla_mib_per_image=runs[0].get('xla_temp_mib_per_image'),
+                     spread=(min(t for r in runs for t in r['times']),
+                             max(t for r in runs for t in r['times']))))
+  ours = [r for r in rows if r['name'] not in FRAMEWORKS[1:]]
+  for row in rows:
+    row['ratios'] = {p['name']: row['images_s'] / p['images_s'] for p in rows
+                     if p['name'] in FRAMEWORKS[1:]} if row in ours else {}
+  return rows
+
+
+def format_table(rows) -> str:
+  lines = ['| model | batch | mode | dtype | run | images/s | s/step (min–max) | compile s '
+           '| peak RSS MiB | XLA MiB/image | ours ÷ peer |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    ratios = ', '.join(f'{v:.2f}× {k}' for k, v in r['ratios'].items()) or ''
+    per_image = '' if r['xla_mib_per_image'] is None else f"{r['xla_mib_per_image']:.0f}"
+    lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {r['name']} "
+                 f"| {r['images_s']:.2f} | {r['step_s']:.2f} ({r['spread'][0]:.2f}–"
+                 f"{r['spread'][1]:.2f}) | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} "
+                 f"| {per_image} | {ratios} |")
+  return '\n'.join(lines)
+
+
+def record(args, table: str, command: str, load_before: str) -> None:
+  import jax
+  today = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+  header = '' if os.path.exists(RESULTS) else (
+      '# Throughput results\n\nAppended by `python -m benchmarks.throughput`; newest last.\n')
+  text = (f'{header}\n## {today}: {args.model}, batch {args.batch}, {args.mode}, {args.dtype}\n\n'
+          f'- command: `{command}`\n- machine: {machine()}; JAX backend: '
+          f'{jax.default_backend()}\n- versions: {versions()}\n'
+          f'- load average (1, 5, 15 min) before: {load_before}; after: {load()}\n'
+          f'- {args.warmup} warm-up step(s), median of {args.repeats} timed steps × '
+          f'{args.rounds} round(s) per framework\n')
+  if args.note:
+    text += f'- note: {args.note}\n'
+  with open(RESULTS, 'a') as f:
+    f.write(text + '\n' + table + '\n')
+
+
+if __name__ == '__main__':
+  main()

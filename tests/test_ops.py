@@ -1,0 +1,238 @@
+"""Fast depthwise, 1×1 conv and max-pool forms equal XLA's reference, values and gradients."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from helpers import init, train_gradients
+from xception_jax import models
+from xception_jax.models import ops
+from xception_jax.models import layers
+from xception_jax.models.layers import max_pool
+
+TINY = dict(width_multiplier=0.25, middle_flow_repeats=1)
+SHAPES = [(7, 1), (8, 1), (7, 2), (8, 2), (9, 2)]   # (size, stride): odd and even, both strides.
+ids = [f'{size}px-s{stride}' for size, stride in SHAPES]
+
+
+def random(shape, seed):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+
+
+def value_and_grads(f, *args):
+  """f(*args) and the gradient of a non-linear loss of it w.r.t. every argument."""
+  y, vjp = jax.vjp(f, *args)
+  return y, vjp(jnp.cos(y))
+
+
+def assert_close(got, want, tol=1e-5):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert g.shape == w.shape and g.dtype == w.dtype
+    np.testing.assert_allclose(g, w, rtol=tol, atol=tol * float(np.abs(w).max()))
+
+
+def conv_module(impls, features, kernel, stride, groups, padding='SAME'):
+  return nn.Conv(features, kernel, stride, padding=padding, feature_group_count=groups,
+                 use_bias=False, conv_general_dilated=ops.conv_general_dilated_fn(*impls))
+
+
+def module_value_and_grads(module, x):
+  variables = module.init(jax.random.PRNGKey(1), x)
+  return variables, value_and_grads(lambda v, x: module.apply(v, x), variables, x)
+
+
+@pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
+@pytest.mark.parametrize('padding', ['SAME', 'VALID', ((2, 0), (1, 1))])
+def test_shifted_depthwise_equals_grouped_conv(size, stride, padding):
+  x = random((2, size, size, 6), 0)
+  reference, fast = (conv_module((impl, 'xla'), 6, (3, 3), stride, 6, padding)
+                     for impl in ('xla', 'shifted'))
+  variables, want = module_value_and_grads(reference, x)
+  fast_variables, got = module_value_and_grads(fast, x)
+  # Same module, same parameters: initialisation and names are untouched.
+  assert jax.tree.map(jnp.shape, fast_variables) == {'params': {'kernel': (3, 3, 1, 6)}}
+  assert_close(fast_variables, variables, tol=0)
+  assert_close(got, want)
+
+
+@pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
+def test_pointwise_dot_equals_1x1_conv(size, stride):
+  x = random((2, size, size, 6), 0)
+  reference, fast = (conv_module(('xla', impl), 5, (1, 1), stride, 1) for impl in ('xla', 'dot'))
+  _, want = module_value_and_grads(reference, x)
+  _, got = module_value_and_grads(fast, x)
+  assert_close(got, want)
+
+
+@pytest.mark.parametrize('features, kernel, groups, padding', [
+    (6, (3, 3), 2, 'SAME'),        # grouped, not depthwise
+    (12, (3, 3), 6, 'SAME'),       # depth multiplier 2
+    (5, (3, 3), 1, 'SAME'),        # ordinary conv
+    (5, (1, 1), 1, ((1, 0), (0, 1))),   # padded 1×1
+])
+def test_other_convs_are_left_to_xla(features, kernel, groups, padding):
+  x = random((2, 7, 7, 6), 0)
+  fast = conv_module(('shifted', 'dot'), features, kernel, 1, groups, padding)
+  reference = conv_module(('xla', 'xla'), features, kernel, 1, groups, padding)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  assert_close(fast.apply(variables, x), reference.apply(variables, x), tol=0)
+
+
+def test_dilated_depthwise_is_left_to_xla():
+  x, kernel = random((1, 9, 9, 4), 0), random((3, 3, 1, 4), 1)
+  conv = functools.partial(lax.conv_general_dilated, x, kernel, (1, 1), 'SAME',
+                           rhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                           feature_group_count=4)
+  fast = ops.conv_general_dilated_fn('shifted', 'dot')
+  assert_close(fast(x, kernel, (1, 1), 'SAME', rhs_dilation=(2, 2),
+                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=4),
+               conv(), tol=0)
+
+
+def test_shifted_depthwise_bfloat16_keeps_dtype():
+  x, kernel = random((2, 8, 8, 4), 0), random((3, 3, 1, 4), 1)
+  y = ops.shifted_depthwise(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), 'SAME')
+  want = ops.shifted_depthwise(x, kernel, (1, 1), 'SAME')
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), want, atol=0.05 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+def test_shifted_max_pool_is_identical_with_ties(size, stride, padding):
+  # Values on a coarse grid: many windows hold several equal maxima, where the
+  # gradient must go to the first one, as XLA's select-and-scatter does.
+  x = jnp.round(random((2, size, size, 3), 0) * 2) / 2
+  want = value_and_grads(lambda x: max_pool(x, 3, stride, padding, impl='xla'), x)
+  got = value_and_grads(lambda x: max_pool(x, 3, stride, padding, impl='shifted'), x)
+  assert_close(got, want, tol=0)
+  jitted = jax.jit(lambda x: value_and_grads(
+      lambda x: max_pool(x, 3, stride, padding, impl='shifted'), x))
+  assert_close(jitted(x), want, tol=0)
+
+
+def test_shifted_max_pool_gradient_after_fused_batch_norm():
+  """Regression: a pool's input recomputed by XLA in two fusions can differ in the last bit.
+
+  A gradient that compared the input with the forward's maximum lost whole
+  windows here (relative error 1.0); finding the maximum again does not.
+  """
+  conv, norm = layers.conv_and_norm_defs(train=True, dtype=jnp.float32,
+                                         param_dtype=jnp.float32, bn_momentum=0.99,
+                                         bn_epsilon=1e-3, bn_scale=True)
+  sep = functools.partial(layers.SeparableConvBN, conv=conv, norm=norm)
+  x = random((2, 33, 33, 64), 0)
+
+  def gradients(pool_impl):
+    block = models.xception.XceptionModule((128, 128), sep=sep, conv=conv, norm=norm,
+                                           downsample=True, relu_first=False,
+                                           pool_impl=pool_impl)
+    variables = block.init(jax.random.PRNGKey(1), x)
+    def loss(params, x):
+      y, _ = block.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y))
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], x)
+
+  assert_close(gradients('shifted'), gradients('xla'), tol=1e-5)
+
+
+def test_scatter_windows_is_the_transpose_of_windows():
+  xp = random((1, 9, 8, 2), 0)
+  for window, strides in [((3, 3), (2, 2)), ((3, 2), (1, 3)), ((1, 1), (2, 2))]:
+    taps, transpose = jax.vjp(lambda xp: list(ops.windows(xp, window, strides)), xp)
+    values = {(i, j): random(tap.shape, i * 7 + j) for i, j, tap in taps}
+    want, = transpose([(i, j, values[i, j]) for i, j, _ in taps])
+    assert_close(ops.scatter_windows(values, strides, xp.shape[1:3]), want)
+
+
+def test_impl_names_are_checked_and_auto_is_per_backend():
+  assert ops.resolve_impl('depthwise', 'auto', 'cpu') == 'shifted'
+  assert ops.resolve_impl('pointwise', 'auto', 'cpu') == 'dot'
+  assert ops.resolve_impl('pool', 'auto', 'cpu') == 'shifted'
+  assert ops.resolve_impl('depthwise', 'auto', 'gpu') == 'xla'
+  assert ops.resolve_impl('depthwise', 'xla', 'cpu') == 'xla'
+  assert ops.conv_general_dilated_fn('xla', 'xla') is lax.conv_general_dilated
+  with pytest.raises(ValueError, match="Unknown depthwise_impl 'fast'"):
+    models.create_model('xception', depthwise_impl='fast', **TINY).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 71, 71, 3)))
+
+
+@pytest.mark.parametrize('name, size, options, dtype, tol', [
+    ('xception', 71, dict(depthwise_impl='shifted', **TINY), jnp.float32, 1e-4),
+    # Training-mode BN over Inception-V3's last, 1×1 maps of 2 images is so
+    # ill-conditioned that float32 XLA is itself ~20% off its float64 result:
+    # compare in float64.
+    ('inception_v3', 75, dict(width_multiplier=0.125, bn_scale=True), jnp.float64, 1e-9),
+], ids=['xception', 'inception_v3'])
+def test_fast_forms_match_reference_in_training(name, size, options, dtype, tol):
+  """The whole model: same parameters, same logits, BN statistics and gradients."""
+  with jax.enable_x64(dtype == jnp.float64):
+    fast = models.create_model(name, num_classes=5, pointwise_impl='dot', pool_impl='shifted',
+                               norm_impl='fused', dtype=dtype, param_dtype=dtype, **options)
+    reference = fast.clone(pointwise_impl='xla', pool_impl='xla', norm_impl='xla',
+                           **({'depthwise_impl': 'xla'} if 'depthwise_impl' in options else {}))
+    variables = init(reference, size)
+    assert jax.tree.map(jnp.shape, init(fast, size)) == jax.tree.map(jnp.shape, variables)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), dtype, -1, 1)
+    assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
+                 tol=tol)
+
+
+def batch_norm_run(layer, variables, x, train):
+  """Output, variable gradients and updated statistics of a loss that weights channels."""
+  def loss(params, x):
+    y, state = layer.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.shape[-1])), (y, state)
+  grads, (y, state) = jax.grad(loss, argnums=(0, 1), has_aux=True)(variables['params'], x)
+  return y, grads, state
+
+
+@pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
+def test_fused_batch_norm_equals_flax(train):
+  x = random((4, 5, 5, 6), 0) * 3 + 1
+  options = dict(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+  reference, fused = nn.BatchNorm(**options), layers.FusedBatchNorm(**options)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  assert_close(fused.init(jax.random.PRNGKey(1), x), variables, tol=0)
+  variables = {'params': {'scale': jnp.linspace(0.5, 1.5, 6), 'bias': jnp.linspace(-1, 1, 6)},
+               'batch_stats': {'mean': jnp.full(6, 0.1), 'var': jnp.full(6, 2.0)}}
+  assert_close(batch_norm_run(fused, variables, x, train),
+               batch_norm_run(reference, variables, x, train), tol=2e-5)
+
+
+def test_fused_batch_norm_bfloat16_and_no_scale():
+  x = random((4, 3, 3, 5), 0).astype(jnp.bfloat16)
+  options = dict(use_running_average=False, use_scale=False, dtype=jnp.bfloat16)
+  fused, reference = layers.FusedBatchNorm(**options), nn.BatchNorm(**options)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(1), x)) == \
+      jax.tree.map(jnp.shape, variables)
+  got, want = (layer.apply(variables, x, mutable=['batch_stats']) for layer in (fused, reference))
+  assert got[0].dtype == jnp.bfloat16
+  assert_close(jax.tree.map(lambda a: a.astype(jnp.float32), got),
+               jax.tree.map(lambda a: a.astype(jnp.float32), want), tol=2e-2)
+
+
+def test_fused_batch_norm_synchronises_over_devices():
+  """With axis_name, statistics and gradients are the whole batch's, as with nn.BatchNorm."""
+  mesh = jax.make_mesh((2,), ('batch',))
+  spec = jax.sharding.PartitionSpec
+  x = random((4, 3, 3, 6), 0) * 2 + 0.5
+  fused = layers.FusedBatchNorm(use_running_average=False, axis_name='batch')
+  variables = fused.init(jax.random.PRNGKey(1), x)
+  whole = batch_norm_run(fused.clone(axis_name=None), variables, x, True)
+  spread = jax.device_put(x, jax.sharding.NamedSharding(mesh, spec('batch')))
+  for layer in (fused, nn.BatchNorm(use_running_average=False, axis_name='batch')):
+    # Inside shard_map the replicated parameters' gradients come out summed over devices.
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=spec('batch'),
+                       out_specs=((spec('batch'), spec('batch')), spec()))
+    def sharded(x):
+      y, (param_grads, x_grad), state = batch_norm_run(layer, variables, x, True)
+      return (y, x_grad), (param_grads, state)
+
+    (y, x_grad), (param_grads, state) = sharded(spread)
+    assert_close((y, (param_grads, x_grad), state), whole, tol=2e-5)

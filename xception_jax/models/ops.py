@@ -1,0 +1,373 @@
+"""Faster forms of four operations, as drop-in replacements for XLA's.
+
+XLA computes them with generic kernels that are slow on CPU for the shapes
+of these models (measurements: benchmarks/RESULTS.md):
+
+* depthwise convs (`feature_group_count` = channels) become grouped
+  convolutions, 10-25× slower than their 9 multiply-adds per output, the
+  backward pass especially (on CUDA as well: jax-ml/jax issue 13800);
+* 1×1 convs, whose kernel gradient becomes a convolution with a window as
+  large as the feature map, up to 8× slower than the matrix product it is;
+* max pooling, whose gradient becomes an argmax reduce-window and a scatter;
+* batch norm, whose autodiff gradient materialises extra activation copies.
+
+The replacements keep every parameter: a conv implementation has the
+signature of `lax.conv_general_dilated` and is passed to `nn.Conv` as
+`conv_general_dilated=`, so module names and kernel shapes stay nn.Conv's and
+checkpoints and converted weights are interchangeable. Calls a form does not
+cover (other layouts, dilation, grouped convs, depth multipliers) go to XLA
+unchanged.
+
+Implementations, chosen per kind (`IMPLS`):
+  depthwise  'xla': lax.conv_general_dilated, the reference.
+             'shifted': kh·kw strided slices of the padded input, each scaled
+             by one kernel tap and summed in one fused loop.
+  pointwise  'xla': lax.conv_general_dilated. 'dot': one matrix product over
+             the channel axis (a strided 1×1 conv subsamples first).
+  pool       'xla': flax's max_pool. 'shifted': the same forward pass; the
+             gradient, computed from shifted windows, goes to the first
+             maximal element of each window as XLA's select-and-scatter does.
+  norm       'xla': flax's nn.BatchNorm. 'fused': layers.FusedBatchNorm, whose
+             training-mode gradient is written out (`batch_norm_train`).
+'auto' picks per backend (`AUTO_IMPLS`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ConvFn = Callable[..., jnp.ndarray]
+Padding = Union[str, Sequence[tuple[int, int]]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+IMPLS = {'depthwise': ('auto', 'xla', 'shifted'),
+         'pointwise': ('auto', 'xla', 'dot'),
+         'pool': ('auto', 'xla', 'shifted'),
+         'norm': ('auto', 'xla', 'fused')}
+
+# What 'auto' means per backend, from measurements on a 2-core CPU
+# (benchmarks/RESULTS.md). GPU and TPU keep XLA's forms until they are measured.
+AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
+                      'norm': 'fused'}}
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_impl(kind: str, impl: str, backend: Optional[str] = None) -> str:
+  """The concrete implementation of `kind` that `impl` names ('auto': per `backend`).
+
+  `backend` defaults to JAX's default backend. Unknown names raise a ValueError.
+  """
+  if impl not in IMPLS[kind]:
+    raise ValueError(f'Unknown {kind}_impl {impl!r}; choose one of {IMPLS[kind]}.')
+  if impl != 'auto':
+    return impl
+  return AUTO_IMPLS.get(backend or jax.default_backend(), {}).get(kind, 'xla')
+
+
+def explicit_pads(hw: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                  padding: Padding) -> Pads:
+  """((top, bottom), (left, right)) for 'SAME', 'VALID' or explicit padding."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(tuple(hw), tuple(window), tuple(strides), padding)
+  (top, bottom), (left, right) = padding
+  return (int(top), int(bottom)), (int(left), int(right))
+
+
+def _pad_hw(x: jnp.ndarray, pads: Pads, value) -> jnp.ndarray:
+  (top, bottom), (left, right) = pads
+  return lax.pad(x, jnp.array(value, x.dtype),
+                 ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+
+
+def _out_hw(padded_hw, window, strides) -> tuple[int, int]:
+  return tuple((n - k) // s + 1 for n, k, s in zip(padded_hw, window, strides))
+
+
+def windows(xp: jnp.ndarray, window: Sequence[int],
+            strides: Sequence[int]) -> Iterator[tuple[int, int, jnp.ndarray]]:
+  """(i, j, xp[:, i::sh, j::sw, :] cut to the output size) for every tap of the window."""
+  (kh, kw), (sh, sw) = window, strides
+  out_h, out_w = _out_hw(xp.shape[1:3], window, strides)
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, lax.slice(xp, (0, i, j, 0),
+                            (xp.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1,
+                             xp.shape[3]), (1, sh, sw, 1))
+
+
+def scatter_windows(values: dict[tuple[int, int], jnp.ndarray], strides: Sequence[int],
+                    padded_hw: Sequence[int]) -> jnp.ndarray:
+  """The transpose of `windows`: each tap's values added where that tap read its input.
+
+  `values` maps taps (i, j) to output-shaped arrays; the result has the padded
+  input's shape. Strided windows are summed per stride phase with plain
+  shifts and interleaved once, which XLA's CPU loops do much faster than
+  interior padding.
+  """
+  (sh, sw), (hp, wp) = strides, padded_hw
+  qh, qw = -(-hp // sh), -(-wp // sw)
+  some = next(iter(values.values()))
+  out_h, out_w = some.shape[1:3]
+  zero = jnp.array(0, some.dtype)
+  rows = []
+  for pr in range(sh):
+    row = []
+    for pc in range(sw):
+      phase = None
+      for (i, j), v in values.items():
+        if i % sh == pr and j % sw == pc:
+          m, n = i // sh, j // sw
+          v = lax.pad(v, zero, ((0, 0, 0), (m, qh - m - out_h, 0), (n, qw - n - out_w, 0),
+                                (0, 0, 0)))
+          phase = v if phase is None else phase + v
+      row.append(jnp.zeros((some.shape[0], qh, qw, some.shape[3]), some.dtype)
+                 if phase is None else phase)
+    rows.append(row[0][:, :, :, None] if sw == 1 else jnp.stack(row, axis=3))
+  out = rows[0][:, :, None] if sh == 1 else jnp.stack(rows, axis=2)   # N, qh, sh, qw, sw, C
+  out = out.reshape(out.shape[0], qh * sh, qw * sw, out.shape[-1])
+  return out[:, :hp, :wp]
+
+
+def _add_tuples(a, b):
+  return tuple(p + q for p, q in zip(a, b))
+
+
+def _tap_sums(xp: jnp.ndarray, g: jnp.ndarray, window, strides) -> jnp.ndarray:
+  """Σ over N, H, W of each tap's input window times `g`: (kh, kw, C), in float32 or wider."""
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  g = g.astype(acc)
+  products = tuple(tap.astype(acc) * g for _, _, tap in windows(xp, window, strides))
+  # One variadic reduce reads xp and g once for all taps, over N first (its
+  # partial sums keep the contiguous H, W, C layout), then over H and W. Nine
+  # separate reductions materialise nine shifted copies of the input and run
+  # 3-5× slower; reducing N and H together is ~10% slower over the whole model.
+  zeros = (jnp.array(0, acc),) * len(products)
+  maps = lax.reduce(products, zeros, _add_tuples, (0,))
+  return jnp.stack([m.sum((0, 1)) for m in maps]).reshape(*window, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _shifted_depthwise(x, kernel, strides, pads, out_dtype):
+  acc = jnp.promote_types(out_dtype, jnp.float32)
+  y = None
+  for i, j, tap in windows(_pad_hw(x, pads, 0), kernel.shape[:2], strides):
+    term = tap.astype(acc) * kernel[i, j, 0].astype(acc)
+    y = term if y is None else y + term
+  return y.astype(out_dtype)
+
+
+def _shifted_depthwise_fwd(x, kernel, strides, pads, out_dtype):
+  return _shifted_depthwise(x, kernel, strides, pads, out_dtype), (x, kernel)
+
+
+def _shifted_depthwise_bwd(strides, pads, out_dtype, residuals, g):
+  # Written out rather than left to autodiff: autodiff's residuals are the nine
+  # shifted slices, which XLA then materialises.
+  x, kernel = residuals
+  (top, bottom), (left, right) = pads
+  window = kernel.shape[:2]
+  xp = _pad_hw(x, pads, 0)
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  dkernel = _tap_sums(xp, g, window, strides)[:, :, None, :].astype(kernel.dtype)
+  values = {(i, j): g.astype(acc) * kernel[i, j, 0].astype(acc)
+            for i in range(window[0]) for j in range(window[1])}
+  dxp = scatter_windows(values, strides, xp.shape[1:3])
+  dx = dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right].astype(x.dtype)
+  return dx, dkernel
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
+
+
+def shifted_depthwise(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
+                      padding: Padding,
+                      preferred_element_type: Optional[jnp.dtype] = None) -> jnp.ndarray:
+  """Depthwise conv of NHWC `x` with an HWIO kernel (kh, kw, 1, C) as summed shifted slices.
+
+  Equals `lax.conv_general_dilated(..., feature_group_count=C)` up to float
+  rounding (the sum runs in tap order), gradients included. Products and
+  sums are float32 for inputs of lower precision; the result has `x`'s dtype
+  unless `preferred_element_type` says otherwise.
+  """
+  pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+  out_dtype = jnp.dtype(preferred_element_type or x.dtype)
+  return _shifted_depthwise(x, kernel, tuple(strides), pads, out_dtype)
+
+
+def pointwise_dot(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
+                  precision=None, preferred_element_type=None) -> jnp.ndarray:
+  """A 1×1 conv of NHWC `x` with kernel (1, 1, C, F) as one matrix product (no padding)."""
+  if any(s != 1 for s in strides):
+    x = x[:, ::strides[0], ::strides[1], :]
+  # As a 2-D product: contracting the 4-D form over N, H, W for the kernel
+  # gradient makes XLA transpose the output gradient first.
+  y = lax.dot_general(x.reshape(-1, x.shape[-1]), kernel[0, 0], (((1,), (0,)), ((), ())),
+                      precision=precision, preferred_element_type=preferred_element_type)
+  return y.reshape(*x.shape[:3], y.shape[-1])
+
+
+def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count):
+  """True for a 2-D NHWC/HWIO conv without dilation or batch groups."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1:
+    return False
+  if dimension_numbers is not None and not isinstance(dimension_numbers,
+                                                      lax.ConvDimensionNumbers):
+    dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return (dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+          and all(d == 1 for d in lhs_dilation or ()) and all(d == 1 for d in rhs_dilation or ()))
+
+
+def _dispatching_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                      precision=None, preferred_element_type=None, *, depthwise: str,
+                      pointwise: str, **kwargs) -> jnp.ndarray:
+  """`lax.conv_general_dilated`, with depthwise and 1×1 convs in the chosen forms."""
+  if not kwargs and _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                              batch_group_count):
+    channels = lhs.shape[-1]
+    if (depthwise == 'shifted' and feature_group_count == channels
+        and rhs.shape[2:] == (1, channels)):
+      return shifted_depthwise(lhs, rhs, window_strides, padding, preferred_element_type)
+    if (pointwise == 'dot' and feature_group_count == 1 and rhs.shape[:2] == (1, 1)
+        and explicit_pads(lhs.shape[1:3], (1, 1), window_strides, padding) == ((0, 0),) * 2):
+      return pointwise_dot(lhs, rhs, window_strides, precision, preferred_element_type)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                  rhs_dilation, dimension_numbers, feature_group_count,
+                                  batch_group_count, precision, preferred_element_type,
+                                  **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_fn(depthwise: str, pointwise: str) -> ConvFn:
+  if depthwise == pointwise == 'xla':
+    return lax.conv_general_dilated
+  return functools.partial(_dispatching_conv, depthwise=depthwise, pointwise=pointwise)
+
+
+def conv_general_dilated_fn(depthwise_impl: str = 'auto', pointwise_impl: str = 'auto') -> ConvFn:
+  """A `lax.conv_general_dilated` replacement for `nn.Conv(conv_general_dilated=...)`.
+
+  Depthwise convs use `depthwise_impl`, 1×1 convs `pointwise_impl`, every
+  other conv XLA's; 'xla' for both returns `lax.conv_general_dilated` itself.
+  The same arguments return the same function object.
+  """
+  return _conv_fn(resolve_impl('depthwise', depthwise_impl),
+                  resolve_impl('pointwise', pointwise_impl))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def shifted_max_pool(x: jnp.ndarray, window: tuple[int, int], strides: tuple[int, int],
+                     padding: Padding) -> jnp.ndarray:
+  """Max pool of NHWC `x` over `window`, equal to `nn.max_pool` in value and gradient.
+
+  The forward pass is XLA's reduce-window (kept: an unfused result, where the
+  maximum of shifted slices gets recomputed by every consumer that reads
+  neighbours, e.g. 9× by a depthwise conv). The gradient goes to the first
+  maximal element of each window in row-major order, as XLA's
+  select-and-scatter does, but is computed from shifted windows in one loop.
+  """
+  # The backward pass finds each window's maximum again from `x` rather than
+  # comparing with the forward output: XLA may compute `x` in two fusions with
+  # different rounding, and an equality test would then miss the maximum.
+  pads = explicit_pads(x.shape[1:3], window, strides, padding)
+  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, *window, 1),
+                           (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  return shifted_max_pool(x, window, strides, padding), x
+
+
+def _max_pool_bwd(window, strides, padding, x, g):
+  (top, bottom), (left, right) = pads = explicit_pads(x.shape[1:3], window, strides, padding)
+  xp = _pad_hw(x, pads, -jnp.inf)
+  taps = list(windows(xp, window, strides))
+  best, first = taps[0][2], jnp.zeros(g.shape, jnp.int32)
+  for t, (_, _, tap) in enumerate(taps[1:], 1):
+    later = tap > best          # strictly greater: ties stay with the earlier tap
+    best = jnp.where(later, tap, best)
+    first = jnp.where(later, t, first)
+  zero = jnp.array(0, g.dtype)
+  values = {(i, j): jnp.where(first == t, g, zero) for t, (i, j, _) in enumerate(taps)}
+  dxp = scatter_windows(values, strides, xp.shape[1:3])
+  return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right],)
+
+
+shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _channel_sums(*arrays: jnp.ndarray) -> tuple:
+  """Per-channel (last axis) sums of each array."""
+  # Separate sums: XLA's CPU library reductions take each in one fast pass,
+  # while one variadic reduce over all rows runs in a slow generic loop.
+  return tuple(a.reshape(-1, a.shape[-1]).sum(0) for a in arrays)
+
+
+def _vary_like(value: jnp.ndarray, like: jnp.ndarray) -> jnp.ndarray:
+  """`value` marked as varying over every manual (shard_map) axis that `like` varies over.
+
+  A custom VJP must return cotangents typed like its inputs; broadcasting a
+  replicated parameter explicitly before the call lets autodiff sum its
+  per-device cotangents (pcast's transpose), as it does for nn.BatchNorm.
+  """
+  def varying(a):
+    axis_type = getattr(jax.typeof(a), 'manual_axis_type', None)
+    return frozenset(getattr(axis_type, 'varying', ()))
+  missing = varying(like) - varying(value)
+  return lax.pcast(value, tuple(sorted(missing)), to='varying') if missing else value
+
+
+def batch_norm_train(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, epsilon: float,
+                     axis_name: Optional[str] = None):
+  """Training-mode batch norm over all axes but the last: (y, batch mean, batch variance).
+
+  Computes what flax's nn.BatchNorm computes (statistics in float32 or wider,
+  variance E[x²] − E[x]² clipped at 0, `axis_name` summing over devices), y in
+  `x`'s dtype promoted with the parameters'. The normalisation's backward pass
+  is written out: two sums and one elementwise pass, where autodiff of the
+  same formula materialises the centred input and a scaled gradient and sums
+  three times.
+  """
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  xf = x.astype(acc)
+  total, squares = _channel_sums(xf, xf * xf)
+  count = x.size // x.shape[-1]
+  if axis_name:
+    total, squares, count = lax.psum((total, squares, count), axis_name)
+  mean = total / count
+  var = jnp.maximum(0.0, squares / count - mean * mean)
+  out_dtype = jnp.result_type(x.dtype, scale.dtype, bias.dtype)
+  stats = [_vary_like(v, x) for v in (mean, var, scale, bias)]
+  return _normalize(x, *stats, epsilon, out_dtype), mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _normalize(x, mean, var, scale, bias, epsilon, out_dtype):
+  return _normalize_fwd(x, mean, var, scale, bias, epsilon, out_dtype)[0]
+
+
+def _normalize_fwd(x, mean, var, scale, bias, epsilon, out_dtype):
+  rstd = lax.rsqrt(var + epsilon)
+  mul = rstd * scale.astype(mean.dtype)
+  y = (x.astype(mean.dtype) - mean) * mul + bias.astype(mean.dtype)
+  return y.astype(out_dtype), (x, mean, rstd, scale, bias)
+
+
+def _normalize_bwd(epsilon, out_dtype, residuals, g):
+  x, mean, rstd, scale, bias = residuals
+  acc = mean.dtype
+  g = g.astype(acc)
+  g_total, g_dot_x = _channel_sums(g, g * x.astype(acc))
+  g_dot_xhat = rstd * (g_dot_x - mean * g_total)      # Σ g·x̂, x̂ = (x − mean)·rstd
+  scale_f = scale.astype(acc)
+  mul = rstd * scale_f
+  return ((mul * g).astype(x.dtype), -mul * g_total, -0.5 * scale_f * rstd * rstd * g_dot_xhat,
+          g_dot_xhat.astype(scale.dtype), g_total.astype(bias.dtype))
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from xception_jax.models.layers import (Activation, ClassifierHead, ConvBN, ModuleDef, avg_pool,
                                         check_input_size, conv_and_norm_defs, global_pool,
-                                        max_pool, scaled_channels)
+                                        max_pool, maybe_remat, scaled_channels)
 
 
 class Conv(NamedTuple):
@@ -130,6 +130,7 @@ class InceptionBase(nn.Module):
   pointwise_impl: str = 'auto'              # 'xla' (reference), 'dot'; 'auto': per backend.
   pool_impl: str = 'auto'                   # 'xla' (reference), 'shifted'; 'auto': per backend.
   norm_impl: str = 'auto'                   # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
+  remat: bool = False                       # Recompute each block's activations in backward.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -152,7 +153,7 @@ class InceptionBase(nn.Module):
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
         pointwise_impl=self.pointwise_impl, norm_impl=self.norm_impl)
-    block = functools.partial(InceptionBlock, conv=conv, norm=norm,
+    block = functools.partial(maybe_remat(InceptionBlock, self.remat), conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier,
                               count_include_pad=self.avg_pool_count_include_pad,
                               pool_impl=self.pool_impl)

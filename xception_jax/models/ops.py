@@ -362,8 +362,10 @@ def _normalize_bwd(epsilon, out_dtype, residuals, g):
   x, mean, rstd, scale, bias = residuals
   acc = mean.dtype
   g = g.astype(acc)
-  g_total, g_dot_x = _channel_sums(g, g * x.astype(acc))
-  g_dot_xhat = rstd * (g_dot_x - mean * g_total)      # Σ g·x̂, x̂ = (x − mean)·rstd
+  # Σ g·(x − mean), not Σ g·x − mean·Σ g: the latter cancels catastrophically
+  # in float32 when |mean| ≫ std (8 devices' updates then differ from one's by 1e-2).
+  g_total, g_dot_centred = _channel_sums(g, g * (x.astype(acc) - mean))
+  g_dot_xhat = rstd * g_dot_centred                   # Σ g·x̂, x̂ = (x − mean)·rstd
   scale_f = scale.astype(acc)
   mul = rstd * scale_f
   return ((mul * g).astype(x.dtype), -mul * g_total, -0.5 * scale_f * rstd * rstd * g_dot_xhat,

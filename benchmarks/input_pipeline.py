@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import shlex
 import statistics
 import tempfile
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from benchmarks.throughput import load, machine
 from xception_jax.data import pipeline, sources
 
 _IMAGES = flags.DEFINE_integer('images', 256, 'JPEG files to write (one epoch).')
@@ -72,7 +74,6 @@ def measure(root: Path, image_size: int, batch: int, threads: int, repeats: int)
 
 
 def main(argv):
-  del argv
   with tempfile.TemporaryDirectory() as tmp:
     root = write_jpegs(Path(tmp), _IMAGES.value)
     sizes = [p.stat().st_size for p in root.rglob('*.jpg')]
@@ -84,8 +85,13 @@ def main(argv):
   print('| date | cpu | versions | threads | size | mean JPEG | images/s | images/s per thread |')
   print(line)
   if _RESULTS.value:
+    command = 'python -m benchmarks.input_pipeline ' + ' '.join(shlex.quote(a) for a in argv[1:])
     with open(_RESULTS.value, 'a') as f:
-      f.write(line + '\n')
+      f.write(f'\n## {datetime.datetime.now():%Y-%m-%d %H:%M}: input pipeline, Inception training '
+              f'preprocessing from JPEG\n\n- command: `{command}`\n- machine: {machine()}\n'
+              f'- load average (1, 5, 15 min) after: {load()}\n\n'
+              '| date | cpu | versions | threads | size | mean JPEG | images/s '
+              '| images/s per thread |\n|---|---|---|---|---|---|---|---|\n' + line + '\n')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,32 @@
+"""The benchmark commands run end to end and record what they measured (no timing asserted)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+  return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True,
+                        check=True).stdout
+
+
+def test_throughput_prints_a_row_per_variant():
+  out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
+            '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
+            '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=1',
+            '--ours=tiny-xla:width_multiplier=0.25,middle_flow_repeats=1,depthwise_impl="xla"')
+  rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
+  assert [(r[3].strip(), r[5].strip()) for r in rows] == [
+      ('train', 'tiny'), ('train', 'tiny-xla'), ('infer', 'tiny'), ('infer', 'tiny-xla')]
+  assert all(float(r[6]) > 0 for r in rows)          # images/s
+
+
+def test_input_pipeline_appends_a_section(tmp_path):
+  results = tmp_path / 'RESULTS.md'
+  run('benchmarks.input_pipeline', '--images=8', '--image_size=75', '--batch=4', '--repeats=1',
+      f'--results={results}')
+  text = results.read_text()
+  assert text.count('## ') == 1 and '- command: `python -m benchmarks.input_pipeline' in text
+  row = text.strip().splitlines()[-1].split('|')
+  assert float(row[-2]) > 0                           # images/s per thread

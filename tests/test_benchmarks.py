@@ -14,11 +14,11 @@ def run(*args):
 def test_throughput_prints_a_row_per_variant():
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
-            '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=1',
-            '--ours=tiny-xla:width_multiplier=0.25,middle_flow_repeats=1,depthwise_impl="xla"')
+            '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
+            '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"')
   rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
   assert [(r[3].strip(), r[5].strip()) for r in rows] == [
-      ('train', 'tiny'), ('train', 'tiny-xla'), ('infer', 'tiny'), ('infer', 'tiny-xla')]
+      ('train', 'tiny'), ('train', 'tiny-bn'), ('infer', 'tiny'), ('infer', 'tiny-bn')]
   assert all(float(r[6]) > 0 for r in rows)          # images/s
 
 

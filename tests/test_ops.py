@@ -1,4 +1,4 @@
-"""Fast depthwise, 1×1 conv and max-pool forms equal XLA's reference, values and gradients."""
+"""Fast depthwise, 1×1 conv, k×k conv and max-pool forms equal XLA's, values and gradients."""
 import functools
 
 import flax.linen as nn
@@ -36,6 +36,7 @@ def assert_close(got, want, tol=1e-5):
 
 
 def conv_module(impls, features, kernel, stride, groups, padding='SAME'):
+  """nn.Conv with `impls` = (depthwise_impl, pointwise_impl, conv_impl)."""
   return nn.Conv(features, kernel, stride, padding=padding, feature_group_count=groups,
                  use_bias=False, conv_general_dilated=ops.conv_general_dilated_fn(*impls))
 
@@ -49,7 +50,7 @@ def module_value_and_grads(module, x):
 @pytest.mark.parametrize('padding', ['SAME', 'VALID', ((2, 0), (1, 1))])
 def test_shifted_depthwise_equals_grouped_conv(size, stride, padding):
   x = random((2, size, size, 6), 0)
-  reference, fast = (conv_module((impl, 'xla'), 6, (3, 3), stride, 6, padding)
+  reference, fast = (conv_module((impl, 'xla', 'xla'), 6, (3, 3), stride, 6, padding)
                      for impl in ('xla', 'shifted'))
   variables, want = module_value_and_grads(reference, x)
   fast_variables, got = module_value_and_grads(fast, x)
@@ -62,22 +63,45 @@ def test_shifted_depthwise_equals_grouped_conv(size, stride, padding):
 @pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
 def test_pointwise_dot_equals_1x1_conv(size, stride):
   x = random((2, size, size, 6), 0)
-  reference, fast = (conv_module(('xla', impl), 5, (1, 1), stride, 1) for impl in ('xla', 'dot'))
+  reference, fast = (conv_module(('xla', impl, 'xla'), 5, (1, 1), stride, 1) for impl in ('xla', 'dot'))
   _, want = module_value_and_grads(reference, x)
   _, got = module_value_and_grads(fast, x)
   assert_close(got, want)
 
 
+@pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
+@pytest.mark.parametrize('kernel, padding', [
+    ((3, 3), 'SAME'), ((3, 3), 'VALID'), ((3, 3), ((2, 0), (1, 1))), ((1, 3), 'SAME'),
+    ((3, 1), 'SAME'), ((1, 7), 'SAME'), ((2, 2), 'SAME')])
+def test_im2col_conv_equals_xla_conv(size, stride, kernel, padding):
+  x = random((2, size, size, 6), 0)
+  reference, fast = (conv_module(('xla', 'xla', impl), 5, kernel, stride, 1, padding)
+                     for impl in ('xla', 'im2col'))
+  variables, want = module_value_and_grads(reference, x)
+  fast_variables, got = module_value_and_grads(fast, x)
+  assert jax.tree.map(jnp.shape, fast_variables) == {'params': {'kernel': (*kernel, 6, 5)}}
+  assert_close(got, want)
+
+
+def test_im2col_conv_bfloat16_keeps_dtype():
+  x, kernel = random((2, 9, 9, 4), 0), random((3, 3, 4, 5), 1)
+  y = ops.im2col_conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (2, 2), 'SAME')
+  want = lax.conv_general_dilated(x, kernel, (2, 2), 'SAME',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), want, atol=0.05 * float(np.abs(want).max()))
+
+
 @pytest.mark.parametrize('features, kernel, groups, padding', [
     (6, (3, 3), 2, 'SAME'),        # grouped, not depthwise
     (12, (3, 3), 6, 'SAME'),       # depth multiplier 2
-    (5, (3, 3), 1, 'SAME'),        # ordinary conv
+    (5, (5, 5), 1, 'SAME'),        # more than IM2COL_MAX_TAPS taps
     (5, (1, 1), 1, ((1, 0), (0, 1))),   # padded 1×1
 ])
 def test_other_convs_are_left_to_xla(features, kernel, groups, padding):
   x = random((2, 7, 7, 6), 0)
-  fast = conv_module(('shifted', 'dot'), features, kernel, 1, groups, padding)
-  reference = conv_module(('xla', 'xla'), features, kernel, 1, groups, padding)
+  fast = conv_module(('shifted', 'dot', 'im2col'), features, kernel, 1, groups, padding)
+  reference = conv_module(('xla', 'xla', 'xla'), features, kernel, 1, groups, padding)
   variables = reference.init(jax.random.PRNGKey(1), x)
   assert_close(fast.apply(variables, x), reference.apply(variables, x), tol=0)
 
@@ -87,7 +111,7 @@ def test_dilated_depthwise_is_left_to_xla():
   conv = functools.partial(lax.conv_general_dilated, x, kernel, (1, 1), 'SAME',
                            rhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                            feature_group_count=4)
-  fast = ops.conv_general_dilated_fn('shifted', 'dot')
+  fast = ops.conv_general_dilated_fn('shifted', 'dot', 'im2col')
   assert_close(fast(x, kernel, (1, 1), 'SAME', rhs_dilation=(2, 2),
                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=4),
                conv(), tol=0)
@@ -152,10 +176,12 @@ def test_scatter_windows_is_the_transpose_of_windows():
 def test_impl_names_are_checked_and_auto_is_per_backend():
   assert ops.resolve_impl('depthwise', 'auto', 'cpu') == 'shifted'
   assert ops.resolve_impl('pointwise', 'auto', 'cpu') == 'dot'
+  assert ops.resolve_impl('conv', 'auto', 'cpu') == 'xla'
   assert ops.resolve_impl('pool', 'auto', 'cpu') == 'shifted'
   assert ops.resolve_impl('depthwise', 'auto', 'gpu') == 'xla'
+  assert ops.resolve_impl('conv', 'auto', 'gpu') == 'xla'
   assert ops.resolve_impl('depthwise', 'xla', 'cpu') == 'xla'
-  assert ops.conv_general_dilated_fn('xla', 'xla') is lax.conv_general_dilated
+  assert ops.conv_general_dilated_fn('xla', 'xla', 'xla') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="Unknown depthwise_impl 'fast'"):
     models.create_model('xception', depthwise_impl='fast', **TINY).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 71, 71, 3)))
@@ -171,9 +197,11 @@ def test_impl_names_are_checked_and_auto_is_per_backend():
 def test_fast_forms_match_reference_in_training(name, size, options, dtype, tol):
   """The whole model: same parameters, same logits, BN statistics and gradients."""
   with jax.enable_x64(dtype == jnp.float64):
-    fast = models.create_model(name, num_classes=5, pointwise_impl='dot', pool_impl='shifted',
-                               norm_impl='fused', dtype=dtype, param_dtype=dtype, **options)
-    reference = fast.clone(pointwise_impl='xla', pool_impl='xla', norm_impl='xla',
+    fast = models.create_model(name, num_classes=5, pointwise_impl='dot', conv_impl='im2col',
+                               pool_impl='shifted', norm_impl='fused', dtype=dtype,
+                               param_dtype=dtype, **options)
+    reference = fast.clone(pointwise_impl='xla', conv_impl='xla', pool_impl='xla',
+                           norm_impl='xla',
                            **({'depthwise_impl': 'xla'} if 'depthwise_impl' in options else {}))
     variables = init(reference, size)
     assert jax.tree.map(jnp.shape, init(fast, size)) == jax.tree.map(jnp.shape, variables)
@@ -236,3 +264,34 @@ def test_fused_batch_norm_synchronises_over_devices():
 
     (y, x_grad), (param_grads, state) = sharded(spread)
     assert_close((y, (param_grads, x_grad), state), whole, tol=2e-5)
+
+
+def ynn_ops(compiled_text: str) -> set[str]:
+  """The operations (by op_name) that XLA handed to its YNNPACK library."""
+  return {line.split('op_name="')[1].split('"')[0].rsplit('/', 1)[-1]
+          for line in compiled_text.splitlines()
+          if '__ynn_fusion' in line and ' fusion(' in line and 'op_name="' in line}
+
+
+def test_compiler_options_keep_convs_from_ynnpack_but_not_dots():
+  x, kernel, pointwise = random((2, 33, 33, 16), 0), random((3, 3, 16, 32), 1), random(
+      (1, 1, 32, 16), 2)
+  def loss(x, kernel):
+    y = lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(ops.pointwise_dot(y, pointwise, (1, 1)) ** 2)
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  default = ynn_ops(step.lower(x, kernel).compile().as_text())
+  ours = ynn_ops(step.lower(x, kernel).compile(ops.compiler_options('cpu')).as_text())
+  assert 'conv_general_dilated' in default and 'dot_general' in default
+  assert 'conv_general_dilated' not in ours and 'dot_general' in ours
+
+
+def test_compiler_options_rejected_by_xla_are_dropped_with_a_warning(monkeypatch, caplog):
+  monkeypatch.setitem(ops.COMPILER_OPTIONS, 'cpu', {'xla_cpu_no_such_option': True})
+  ops.compiler_options.cache_clear()
+  try:
+    assert ops.compiler_options('cpu') == {}
+  finally:
+    ops.compiler_options.cache_clear()
+  assert 'XLA rejected the compiler options' in caplog.text

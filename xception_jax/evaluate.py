@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from xception_jax import distributed, multilabel, sharding, steps, weights
+from xception_jax import distributed, models, multilabel, sharding, steps, weights
 from xception_jax.checkpoints import Checkpoints
 from xception_jax.data import pipeline, sources
 from xception_jax.metric_writers import MetricWriter
@@ -46,7 +46,8 @@ class Evaluator:
     self._step = jax.jit(functools.partial(
         steps.eval_step, model=model, num_classes=source.num_classes,
         multilabel=source.multilabel, top_k=self.top_k, class_weights=self.class_weights),
-                         out_shardings=sharding.replicated(mesh))
+                         out_shardings=sharding.replicated(mesh),
+                         compiler_options=models.compiler_options())
 
   def __call__(self, variable_sets: dict[str, Any]) -> dict[str, float]:
     """{'count', '<metric><suffix>' ...} averaged over the split (see the class docstring)."""

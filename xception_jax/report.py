@@ -80,7 +80,8 @@ def measure_training(model, batch_size: int, image_size: int, num_steps: int,
   train_step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                          schedule=schedule, config=step_config),
                        in_shardings=(shardings, data),
-                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
+                       compiler_options=models.compiler_options())
   rng_np = np.random.default_rng(0)
   batch = jax.device_put({
       'image': rng_np.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32),

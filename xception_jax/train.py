@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from xception_jax import distributed, model_table, optim, sharding, steps, weights
+from xception_jax import distributed, model_table, models, optim, sharding, steps, weights
 from xception_jax.checkpoints import Checkpoints
 from xception_jax.data import pipeline, preprocessing, sources
 from xception_jax.evaluate import Evaluator
@@ -104,7 +104,7 @@ class Setup:
                              schedule=self.schedule, config=self.step_config)
     return jax.jit(step, in_shardings=(shardings, sharding.data_sharding(self.mesh)),
                    out_shardings=(shardings, sharding.replicated(self.mesh)),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=models.compiler_options())
 
   def train_stream(self) -> pipeline.TrainStream:
     c = self.config

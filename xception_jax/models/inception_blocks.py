@@ -128,6 +128,7 @@ class InceptionBase(nn.Module):
   bn_epsilon: float = 1e-3
   bn_scale: bool = False
   pointwise_impl: str = 'auto'              # 'xla' (reference), 'dot'; 'auto': per backend.
+  conv_impl: str = 'auto'                   # 'xla' (reference), 'im2col'; 'auto': per backend.
   pool_impl: str = 'auto'                   # 'xla' (reference), 'shifted'; 'auto': per backend.
   norm_impl: str = 'auto'                   # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
   remat: bool = False                       # Recompute each block's activations in backward.
@@ -152,7 +153,7 @@ class InceptionBase(nn.Module):
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
-        pointwise_impl=self.pointwise_impl, norm_impl=self.norm_impl)
+        pointwise_impl=self.pointwise_impl, conv_impl=self.conv_impl, norm_impl=self.norm_impl)
     block = functools.partial(maybe_remat(InceptionBlock, self.remat), conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier,
                               count_include_pad=self.avg_pool_count_include_pad,

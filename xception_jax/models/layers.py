@@ -135,17 +135,18 @@ class FusedBatchNorm(nn.Module):
 def conv_and_norm_defs(*, train: bool, dtype: Any, param_dtype: Any, bn_momentum: float,
                        bn_epsilon: float, bn_scale: bool, bn_axis_name: Optional[str] = None,
                        depthwise_impl: str = 'auto', pointwise_impl: str = 'auto',
+                       conv_impl: str = 'auto',
                        norm_impl: str = 'auto') -> tuple[ModuleDef, ModuleDef]:
   """The (conv, norm) module definitions every model injects into its layers.
 
-  The conv computes depthwise and 1×1 convs as `depthwise_impl` and
-  `pointwise_impl` say, the norm is nn.BatchNorm ('xla') or FusedBatchNorm
+  The conv computes depthwise, 1×1 and other convs as `depthwise_impl`,
+  `pointwise_impl` and `conv_impl` say, the norm is nn.BatchNorm ('xla') or FusedBatchNorm
   ('fused'); see ops.py. Parameters are nn.Conv's and nn.BatchNorm's either way.
   """
   conv = functools.partial(nn.Conv, use_bias=False, kernel_init=KERNEL_INIT,
                            dtype=dtype, param_dtype=param_dtype,
-                           conv_general_dilated=conv_general_dilated_fn(depthwise_impl,
-                                                                        pointwise_impl))
+                           conv_general_dilated=conv_general_dilated_fn(
+                               depthwise_impl, pointwise_impl, conv_impl))
   norm_layer = FusedBatchNorm if resolve_impl('norm', norm_impl) == 'fused' else nn.BatchNorm
   norm = functools.partial(norm_layer, use_running_average=not train, momentum=bn_momentum,
                            epsilon=bn_epsilon, use_scale=bn_scale, axis_name=bn_axis_name,

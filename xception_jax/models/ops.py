@@ -8,6 +8,9 @@ of these models (measurements: benchmarks/RESULTS.md):
   backward pass especially (on CUDA as well: jax-ml/jax issue 13800);
 * 1×1 convs, whose kernel gradient becomes a convolution with a window as
   large as the feature map, up to 8× slower than the matrix product it is;
+* k×k convs, whose gradients XLA's default CPU options give to YNNPACK,
+  2-4× slower than XLA's own convs or one matrix product over the input's
+  patches (`compiler_options()` turns that off; 'im2col' works without it);
 * max pooling, whose gradient becomes an argmax reduce-window and a scatter;
 * batch norm, whose autodiff gradient materialises extra activation copies.
 
@@ -24,17 +27,26 @@ Implementations, chosen per kind (`IMPLS`):
              by one kernel tap and summed in one fused loop.
   pointwise  'xla': lax.conv_general_dilated. 'dot': one matrix product over
              the channel axis (a strided 1×1 conv subsamples first).
+  conv       (every other ungrouped conv) 'xla': lax.conv_general_dilated.
+             'im2col': the kh·kw shifted windows concatenated along channels
+             and multiplied by the kernel as one (kh·kw·Cin, Cout) matrix;
+             kernels of up to 9 taps only (3×3, 1×7, 7×1, ...): with 25
+             taps, concatenating the windows costs more than it saves.
+             1.5-2× faster than XLA's convs under XLA's default CPU options,
+             slower under `compiler_options()`; so not 'auto'.
   pool       'xla': flax's max_pool. 'shifted': the same forward pass; the
              gradient, computed from shifted windows, goes to the first
              maximal element of each window as XLA's select-and-scatter does.
   norm       'xla': flax's nn.BatchNorm. 'fused': layers.FusedBatchNorm, whose
              training-mode gradient is written out (`batch_norm_train`).
-'auto' picks per backend (`AUTO_IMPLS`).
+'auto' picks per backend (`AUTO_IMPLS`). `compiler_options()` are XLA options
+that the jitted steps of these models pass to the compiler.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator, Optional, Sequence, Union
+import logging
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -46,13 +58,48 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 
 IMPLS = {'depthwise': ('auto', 'xla', 'shifted'),
          'pointwise': ('auto', 'xla', 'dot'),
+         'conv': ('auto', 'xla', 'im2col'),
          'pool': ('auto', 'xla', 'shifted'),
          'norm': ('auto', 'xla', 'fused')}
 
 # What 'auto' means per backend, from measurements on a 2-core CPU
 # (benchmarks/RESULTS.md). GPU and TPU keep XLA's forms until they are measured.
+# k×k convs stay XLA's on CPU: with `compiler_options()` XLA's own convs beat
+# 'im2col', which helps only where those options are not used.
 AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
                       'norm': 'fused'}}
+
+# Per backend, measured like AUTO_IMPLS. CPU: XLA hands convolutions to its
+# YNNPACK library by default, whose k×k-conv gradients run 2-4× slower than
+# XLA's own (Eigen) convs; matrix products and reductions stay with YNNPACK.
+COMPILER_OPTIONS = {'cpu': {'xla_cpu_experimental_ynn_fusion_type':
+                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_options(backend: Optional[str] = None) -> dict[str, Any]:
+  """XLA compiler options for jitting these models on `backend` (default: JAX's default).
+
+  Pass them as `jax.jit(..., compiler_options=ops.compiler_options())`. An
+  XLA that does not know an option (they are experimental) gets none, with a
+  warning, rather than a compile error.
+  """
+  backend = backend or jax.default_backend()
+  options = COMPILER_OPTIONS.get(backend, {})
+  if options:
+    try:
+      jax.jit(lambda x: x + 1, backend=backend, compiler_options=options).lower(
+          jnp.zeros(())).compile()
+    except Exception as e:   # The XLA error type differs between versions.
+      logging.warning('XLA rejected the compiler options %s (%s); compiling without them.',
+                      options, str(e).splitlines()[0])
+      return {}
+  return dict(options)
+
+
+# Larger kernels stay XLA's under conv 'im2col': a 5×5 conv's patches took 2.4×
+# longer than XLA's whole conv (benchmarks/RESULTS.md).
+IM2COL_MAX_TAPS = 9
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -211,6 +258,64 @@ def pointwise_dot(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int],
   return y.reshape(*x.shape[:3], y.shape[-1])
 
 
+def _patches(x: jnp.ndarray, window: Sequence[int], strides: Sequence[int],
+             pads: Pads) -> jnp.ndarray:
+  """(N·out_h·out_w, kh·kw·C): every output position's input window, taps in HWIO order."""
+  taps = [tap for _, _, tap in windows(_pad_hw(x, pads, 0), window, strides)]
+  patches = jnp.concatenate(taps, axis=-1)
+  return patches.reshape(-1, patches.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _im2col_conv(x, kernel, strides, pads, precision, out_dtype):
+  kh, kw, cin, cout = kernel.shape
+  out_h, out_w = _out_hw(_add_tuples(x.shape[1:3], tuple(map(sum, pads))), (kh, kw), strides)
+  y = lax.dot_general(_patches(x, (kh, kw), strides, pads), kernel.reshape(-1, cout),
+                      (((1,), (0,)), ((), ())), precision=precision,
+                      preferred_element_type=out_dtype)
+  return y.reshape(x.shape[0], out_h, out_w, cout).astype(out_dtype)
+
+
+def _im2col_conv_fwd(x, kernel, strides, pads, precision, out_dtype):
+  # Keeps x, not the patches (kh·kw times larger): the backward pass cuts them again.
+  return _im2col_conv(x, kernel, strides, pads, precision, out_dtype), (x, kernel)
+
+
+def _im2col_conv_bwd(strides, pads, precision, out_dtype, residuals, g):
+  x, kernel = residuals
+  (kh, kw, cin, cout), (top, bottom), (left, right) = kernel.shape, *pads
+  g2 = g.reshape(-1, cout)
+  dkernel = lax.dot_general(_patches(x, (kh, kw), strides, pads), g2.astype(x.dtype),
+                            (((0,), (0,)), ((), ())), precision=precision,
+                            preferred_element_type=jnp.promote_types(kernel.dtype, jnp.float32))
+  dpatches = lax.dot_general(g2, kernel.reshape(-1, cout).astype(g.dtype),
+                             (((1,), (1,)), ((), ())), precision=precision)
+  dpatches = dpatches.reshape(*g.shape[:3], kh * kw * cin)
+  values = {(i, j): dpatches[..., (i * kw + j) * cin:(i * kw + j + 1) * cin]
+            for i in range(kh) for j in range(kw)}
+  padded_hw = (x.shape[1] + top + bottom, x.shape[2] + left + right)
+  dxp = scatter_windows(values, strides, padded_hw)
+  dx = dxp[:, top:padded_hw[0] - bottom, left:padded_hw[1] - right]
+  return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
+
+
+def im2col_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int], padding: Padding,
+                precision=None, preferred_element_type=None) -> jnp.ndarray:
+  """An NHWC conv with an HWIO kernel as one matrix product over the input's patches.
+
+  Equals `lax.conv_general_dilated` (no dilation, no groups) up to float
+  rounding, gradients included; the kernel gradient is the patches'
+  transpose times the output gradient, the input gradient is the output
+  gradient times the kernel's transpose, summed back window by window.
+  """
+  pads = explicit_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+  out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
+  return _im2col_conv(x, kernel, tuple(strides), pads, precision, out_dtype)
+
+
 def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count):
   """True for a 2-D NHWC/HWIO conv without dilation or batch groups."""
   if lhs.ndim != 4 or rhs.ndim != 4 or batch_group_count != 1:
@@ -225,8 +330,8 @@ def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_gro
 def _dispatching_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                       dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                       precision=None, preferred_element_type=None, *, depthwise: str,
-                      pointwise: str, **kwargs) -> jnp.ndarray:
-  """`lax.conv_general_dilated`, with depthwise and 1×1 convs in the chosen forms."""
+                      pointwise: str, conv: str, **kwargs) -> jnp.ndarray:
+  """`lax.conv_general_dilated`, with depthwise, 1×1 and other convs in the chosen forms."""
   if not kwargs and _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                               batch_group_count):
     channels = lhs.shape[-1]
@@ -236,6 +341,9 @@ def _dispatching_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     if (pointwise == 'dot' and feature_group_count == 1 and rhs.shape[:2] == (1, 1)
         and explicit_pads(lhs.shape[1:3], (1, 1), window_strides, padding) == ((0, 0),) * 2):
       return pointwise_dot(lhs, rhs, window_strides, precision, preferred_element_type)
+    if (conv == 'im2col' and feature_group_count == 1 and rhs.shape[:2] != (1, 1)
+        and rhs.shape[0] * rhs.shape[1] <= IM2COL_MAX_TAPS):
+      return im2col_conv(lhs, rhs, window_strides, padding, precision, preferred_element_type)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                   rhs_dilation, dimension_numbers, feature_group_count,
                                   batch_group_count, precision, preferred_element_type,
@@ -243,21 +351,24 @@ def _dispatching_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
 
 
 @functools.lru_cache(maxsize=None)
-def _conv_fn(depthwise: str, pointwise: str) -> ConvFn:
-  if depthwise == pointwise == 'xla':
+def _conv_fn(depthwise: str, pointwise: str, conv: str) -> ConvFn:
+  if depthwise == pointwise == conv == 'xla':
     return lax.conv_general_dilated
-  return functools.partial(_dispatching_conv, depthwise=depthwise, pointwise=pointwise)
+  return functools.partial(_dispatching_conv, depthwise=depthwise, pointwise=pointwise,
+                           conv=conv)
 
 
-def conv_general_dilated_fn(depthwise_impl: str = 'auto', pointwise_impl: str = 'auto') -> ConvFn:
+def conv_general_dilated_fn(depthwise_impl: str = 'auto', pointwise_impl: str = 'auto',
+                            conv_impl: str = 'auto') -> ConvFn:
   """A `lax.conv_general_dilated` replacement for `nn.Conv(conv_general_dilated=...)`.
 
-  Depthwise convs use `depthwise_impl`, 1×1 convs `pointwise_impl`, every
-  other conv XLA's; 'xla' for both returns `lax.conv_general_dilated` itself.
-  The same arguments return the same function object.
+  Depthwise convs use `depthwise_impl`, 1×1 convs `pointwise_impl`, other
+  ungrouped 2-D convs `conv_impl`, anything else XLA's; 'xla' for all three
+  returns `lax.conv_general_dilated` itself. The same arguments return the
+  same function object.
   """
   return _conv_fn(resolve_impl('depthwise', depthwise_impl),
-                  resolve_impl('pointwise', pointwise_impl))
+                  resolve_impl('pointwise', pointwise_impl), resolve_impl('conv', conv_impl))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))

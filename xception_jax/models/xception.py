@@ -80,6 +80,7 @@ class Xception(nn.Module):
   channel_segments: Optional[int] = None    # None = depthwise; 1 = full 3×3 conv (§1.2).
   depthwise_impl: str = 'auto'             # 'xla' (reference), 'shifted'; 'auto': per backend.
   pointwise_impl: str = 'auto'             # 'xla' (reference), 'dot'; 'auto': per backend.
+  conv_impl: str = 'auto'                  # 'xla' (reference), 'im2col'; 'auto': per backend.
   pool_impl: str = 'auto'                  # 'xla' (reference), 'shifted'; 'auto': per backend.
   norm_impl: str = 'auto'                  # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
   remat: bool = False                      # Recompute each block's activations in backward.
@@ -106,7 +107,7 @@ class Xception(nn.Module):
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
         depthwise_impl=self.depthwise_impl, pointwise_impl=self.pointwise_impl,
-        norm_impl=self.norm_impl)
+        conv_impl=self.conv_impl, norm_impl=self.norm_impl)
     sep_options = dict(conv=conv, norm=norm, segments=self.channel_segments,
                        intermediate_activation=activation_by_name(self.intermediate_activation))
     sep = functools.partial(SeparableConvBN, **sep_options)

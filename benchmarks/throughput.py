@@ -16,7 +16,12 @@ compiled step, per image of the batch.
 
 Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
-`@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`.
+`@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`;
+the option `compiler_options=none` compiles without `ops.compiler_options()`,
+which our steps use otherwise.
+`--env NAME=VALUE` sets an environment variable for every framework alike,
+e.g. `--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages
+for malloc, which all of them use for activations).
 The table is printed and, unless `--no-record`, appended to
 benchmarks/RESULTS.md with the machine, versions, date, load and command.
 """
@@ -70,8 +75,11 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   import jax.numpy as jnp
   import optax
   from xception_jax import models
+  from xception_jax.models import ops
 
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
+  compiler_options = {} if options.pop('compiler_options', '') == 'none' else (
+      ops.compiler_options())
   model = models.create_model(args.model, dtype=dtype, **options)
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 3),
@@ -79,7 +87,8 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   labels = jnp.arange(args.batch) % 1000
   variables = jax.jit(lambda: model.init(key, x[:1], train=False))()
   if args.mode == 'infer':
-    step_fn = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+    step_fn = jax.jit(lambda variables, x: model.apply(variables, x, train=False),
+                      compiler_options=compiler_options)
     state = (variables,)
   else:
     tx = optax.sgd(0.01, momentum=0.9)
@@ -96,7 +105,7 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
       return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
     # Donation lets XLA update parameters, statistics and momenta in place.
-    step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
+    step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2), compiler_options=compiler_options)
     state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
   inputs = (x,) if args.mode == 'infer' else (x, labels)
   start = time.perf_counter()
@@ -214,7 +223,7 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
              f'--image-size={args.image_size}', f'--dtype={args.dtype}',
              f'--warmup={args.warmup}', f'--repeats={args.repeats}',
              f'--options={options or {}!r}']
-  env = dict(os.environ, KERAS_BACKEND='jax', TF_CPP_MIN_LOG_LEVEL='3')
+  env = dict(os.environ, KERAS_BACKEND='jax', TF_CPP_MIN_LOG_LEVEL='3', **args.env)
   if flags:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,6 +258,28 @@ def versions() -> str:
   return ', '.join(out)
 
 
+# Variables that change how fast any framework runs, recorded with the results.
+TUNING_VARIABLES = ('XLA_FLAGS', 'GLIBC_TUNABLES', 'LD_PRELOAD', 'OMP_NUM_THREADS',
+                    'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_')
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+  """['NAME=VALUE', ...] → {NAME: VALUE}; a malformed item raises a one-line ValueError."""
+  env = {}
+  for item in items:
+    name, sep, value = item.partition('=')
+    if not sep or not name.isidentifier():
+      raise ValueError(f'--env takes NAME=VALUE, got {item!r}.')
+    env[name] = value
+  return env
+
+
+def tuning_environment(env: dict[str, str]) -> str:
+  """The tuning variables every framework ran with, as `NAME=VALUE` words ('none')."""
+  merged = dict(os.environ, **env)
+  return ' '.join(f'{n}={merged[n]}' for n in TUNING_VARIABLES if merged.get(n)) or 'none'
+
+
 def load() -> str:
   return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
@@ -268,11 +299,17 @@ def main(argv=None) -> None:
                       help='timm (NCHW), timm-cl (channels-last), keras; "" for none')
   parser.add_argument('--ours', action='append', default=None,
                       help='variant of our model, name:option=value,...[@XLA_FLAGS]; repeatable')
+  parser.add_argument('--env', action='append', default=[],
+                      help='NAME=VALUE for every framework\'s process; repeatable')
   parser.add_argument('--no-record', action='store_true', help='do not append to RESULTS.md')
   parser.add_argument('--note', default='', help='a line recorded with the results')
   parser.add_argument('--worker', choices=FRAMEWORKS, help=argparse.SUPPRESS)
   parser.add_argument('--options', default='{}', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  try:
+    args.env = parse_env(args.env)
+  except ValueError as e:
+    parser.error(str(e))
   if args.worker:
     args.batch = int(args.batch)
     return run_worker(args)
@@ -348,6 +385,7 @@ def record(args, table: str, command: str, load_before: str) -> None:
           f'- command: `{command}`\n- machine: {machine()}; JAX backend: '
           f'{jax.default_backend()}\n- versions: {versions()}\n'
           f'- load average (1, 5, 15 min) before: {load_before}; after: {load()}\n'
+          f'- environment of every framework: {tuning_environment(args.env)}\n'
           f'- {args.warmup} warm-up step(s), median of {args.repeats} timed steps × '
           f'{args.rounds} round(s) per framework\n')
   if args.note:

@@ -14,12 +14,26 @@ def run(*args):
 def test_throughput_prints_a_row_per_variant():
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
+            '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1',
             '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
             '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"')
   rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
   assert [(r[3].strip(), r[5].strip()) for r in rows] == [
       ('train', 'tiny'), ('train', 'tiny-bn'), ('infer', 'tiny'), ('infer', 'tiny-bn')]
   assert all(float(r[6]) > 0 for r in rows)          # images/s
+
+
+def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):
+  from benchmarks import throughput
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_a=true')
+  env = throughput.parse_env(['GLIBC_TUNABLES=glibc.malloc.hugetlb=1', 'OMP_NUM_THREADS=2'])
+  assert env == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1', 'OMP_NUM_THREADS': '2'}
+  assert throughput.tuning_environment(env) == (
+      'XLA_FLAGS=--xla_cpu_a=true GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2')
+  bad = subprocess.run([sys.executable, '-m', 'benchmarks.throughput', '--env=hugetlb'],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert bad.returncode == 2 and "--env takes NAME=VALUE, got 'hugetlb'" in bad.stderr
 
 
 def test_input_pipeline_appends_a_section(tmp_path):

@@ -55,15 +55,23 @@ FRAMEWORKS = ('ours', 'timm', 'timm-cl', 'keras')
 # ----------------------------------------------------------------------------------------------
 # Workers: each measures one framework in a fresh process and prints one JSON line.
 
-def _time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+def _time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
+  """{'times': seconds of each timed step, 'fault_mib_per_step': memory first touched per step}.
+
+  Page faults count memory the allocator mapped afresh (and the kernel zeroed)
+  during the timed steps, a cost every framework pays unless memory is reused.
+  """
   for _ in range(warmup):
     step()
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(repeats):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
-  return times
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  return dict(times=times,
+              fault_mib_per_step=faults * resource.getpagesize() / 2**20 / max(repeats, 1))
 
 
 def _peak_rss_mib() -> float:
@@ -120,9 +128,9 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
       state = out[:3]
     jax.block_until_ready(out)
 
-  times = _time_steps(step, args.warmup, args.repeats)
+  timed = _time_steps(step, args.warmup, args.repeats)
   temp = getattr(memory, 'temp_size_in_bytes', None)
-  return dict(compile_s=compile_s, times=times, peak_rss_mib=_peak_rss_mib(),
+  return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib(),
               xla_temp_mib_per_image=None if temp is None else temp / 2**20 / args.batch,
               backend=jax.default_backend())
 
@@ -154,8 +162,8 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
     loss.backward()
     optimizer.step()
 
-  times = _time_steps(step, args.warmup, args.repeats)
-  return dict(compile_s=0.0, times=times, peak_rss_mib=_peak_rss_mib(),
+  timed = _time_steps(step, args.warmup, args.repeats)
+  return dict(compile_s=0.0, **timed, peak_rss_mib=_peak_rss_mib(),
               threads=torch.get_num_threads())
 
 
@@ -178,8 +186,8 @@ def worker_keras(args) -> dict[str, Any]:
   start = time.perf_counter()
   step()   # Traces and compiles.
   compile_s = time.perf_counter() - start
-  times = _time_steps(step, max(args.warmup - 1, 0), args.repeats)
-  return dict(compile_s=compile_s, times=times, peak_rss_mib=_peak_rss_mib())
+  timed = _time_steps(step, max(args.warmup - 1, 0), args.repeats)
+  return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib())
 
 
 def run_worker(args) -> None:
@@ -352,6 +360,7 @@ def summarize(model, batch, mode, dtype, results) -> list[dict[str, Any]]:
                      step_s=step, images_s=batch / step,
                      compile_s=statistics.median(r['compile_s'] for r in runs),
                      peak_rss_mib=max(r['peak_rss_mib'] for r in runs),
+                     fault_mib=statistics.median(r['fault_mib_per_step'] for r in runs),
                      xla_mib_per_image=runs[0].get('xla_temp_mib_per_image'),
                      spread=(min(t for r in runs for t in r['times']),
                              max(t for r in runs for t in r['times']))))
@@ -364,15 +373,15 @@ def summarize(model, batch, mode, dtype, results) -> list[dict[str, Any]]:
 
 def format_table(rows) -> str:
   lines = ['| model | batch | mode | dtype | run | images/s | s/step (min–max) | compile s '
-           '| peak RSS MiB | XLA MiB/image | ours ÷ peer |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           '| peak RSS MiB | XLA MiB/image | page faults MiB/step | ours ÷ peer |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     ratios = ', '.join(f'{v:.2f}× {k}' for k, v in r['ratios'].items()) or ''
     per_image = '' if r['xla_mib_per_image'] is None else f"{r['xla_mib_per_image']:.0f}"
     lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {r['name']} "
                  f"| {r['images_s']:.2f} | {r['step_s']:.2f} ({r['spread'][0]:.2f}–"
                  f"{r['spread'][1]:.2f}) | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} "
-                 f"| {per_image} | {ratios} |")
+                 f"| {per_image} | {r['fault_mib']:.0f} | {ratios} |")
   return '\n'.join(lines)
 
 

@@ -21,6 +21,7 @@ def test_throughput_prints_a_row_per_variant():
   assert [(r[3].strip(), r[5].strip()) for r in rows] == [
       ('train', 'tiny'), ('train', 'tiny-bn'), ('infer', 'tiny'), ('infer', 'tiny-bn')]
   assert all(float(r[6]) > 0 for r in rows)          # images/s
+  assert all(float(r[11]) >= 0 for r in rows)        # page faults MiB/step
 
 
 def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):
@@ -44,3 +45,13 @@ def test_input_pipeline_appends_a_section(tmp_path):
   assert text.count('## ') == 1 and '- command: `python -m benchmarks.input_pipeline' in text
   row = text.strip().splitlines()[-1].split('|')
   assert float(row[-2]) > 0                           # images/s per thread
+
+
+def test_conv_forms_appends_a_row_per_shape(tmp_path):
+  results = tmp_path / 'RESULTS.md'
+  out = run('benchmarks.conv_forms', '--batch=1', '--repeats=1', '--limit=2',
+            f'--results={results}')
+  rows = [line.split('|') for line in out.splitlines() if line.startswith('| 1×')]
+  assert [r[1].strip() for r in rows] == ['1×299×299×3', '1×149×149×32']
+  assert all(float(t) > 0 for r in rows for t in r[5:9])   # four forms, ms
+  assert results.read_text().count('| 1×') == 2

@@ -9,7 +9,7 @@ of these models (measurements: benchmarks/RESULTS.md):
 * 1×1 convs, whose kernel gradient becomes a convolution with a window as
   large as the feature map, up to 8× slower than the matrix product it is;
 * k×k convs, whose gradients XLA's default CPU options give to YNNPACK,
-  2-4× slower than XLA's own convs or one matrix product over the input's
+  1.3-4.7× slower than XLA's own convs or one matrix product over the input's
   patches (`compiler_options()` turns that off; 'im2col' works without it);
 * max pooling, whose gradient becomes an argmax reduce-window and a scatter;
 * batch norm, whose autodiff gradient materialises extra activation copies.
@@ -32,8 +32,8 @@ Implementations, chosen per kind (`IMPLS`):
              and multiplied by the kernel as one (kh·kw·Cin, Cout) matrix;
              kernels of up to 9 taps only (3×3, 1×7, 7×1, ...): with 25
              taps, concatenating the windows costs more than it saves.
-             1.5-2× faster than XLA's convs under XLA's default CPU options,
-             slower under `compiler_options()`; so not 'auto'.
+             1.7-3× faster than XLA's stem convs under XLA's default CPU
+             options, slower under `compiler_options()`; so not 'auto'.
   pool       'xla': flax's max_pool. 'shifted': the same forward pass; the
              gradient, computed from shifted windows, goes to the first
              maximal element of each window as XLA's select-and-scatter does.
@@ -70,8 +70,8 @@ AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shift
                       'norm': 'fused'}}
 
 # Per backend, measured like AUTO_IMPLS. CPU: XLA hands convolutions to its
-# YNNPACK library by default, whose k×k-conv gradients run 2-4× slower than
-# XLA's own (Eigen) convs; matrix products and reductions stay with YNNPACK.
+# YNNPACK library by default, whose k×k-conv gradients run 1.3-4.7× slower than
+# XLA's own (Eigen) convs (benchmarks/conv_forms.py); matrix products and reductions stay with YNNPACK.
 COMPILER_OPTIONS = {'cpu': {'xla_cpu_experimental_ynn_fusion_type':
                             'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}
 

@@ -1,0 +1,101 @@
+"""Forward and backward time of the k×k convs of these models, per conv form and XLA options.
+
+    python -m benchmarks.conv_forms [--batch=8] [--repeats=4] [--results=benchmarks/RESULTS.md]
+
+For each conv shape of the Xception and Inception stems and blocks: one
+value-and-gradient step (input and kernel gradients) of XLA's conv and of
+`ops.im2col_conv`, compiled with XLA's default CPU options and with
+`ops.compiler_options()`. Milliseconds, median of `--repeats` after one
+warm-up call; the table is printed and, with `--results`, appended there
+with the machine, versions and command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from benchmarks.throughput import load, machine, versions
+from xception_jax.models import ops
+
+# (input NHWC at batch 1, kernel HWIO, stride, padding, where it is).
+SHAPES = [
+    ((299, 299, 3), (3, 3, 3, 32), 2, 'VALID', 'all stems, conv 1'),
+    ((149, 149, 32), (3, 3, 32, 64), 1, 'VALID', 'Xception stem, conv 2'),
+    ((147, 147, 32), (3, 3, 32, 32), 1, 'VALID', 'Inception stems, conv 2'),
+    ((73, 73, 80), (3, 3, 80, 192), 1, 'VALID', 'Inception-V3 stem, conv 5'),
+    ((35, 35, 48), (5, 5, 48, 64), 1, 'SAME', 'Inception-V3 Mixed_5'),
+    ((35, 35, 64), (3, 3, 64, 96), 1, 'SAME', 'Inception 35×35 blocks'),
+    ((35, 35, 288), (3, 3, 288, 384), 2, 'VALID', 'Inception-V3 Mixed_6a'),
+    ((17, 17, 128), (1, 7, 128, 128), 1, 'SAME', 'Inception 17×17 blocks'),
+    ((17, 17, 128), (7, 1, 128, 192), 1, 'SAME', 'Inception 17×17 blocks'),
+    ((8, 8, 448), (3, 3, 448, 384), 1, 'SAME', 'Inception-V3 Mixed_7'),
+]
+
+
+def xla_conv(x, kernel, stride, padding):
+  return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def im2col_conv(x, kernel, stride, padding):
+  return ops.im2col_conv(x, kernel, (stride, stride), padding)
+
+
+def time_gradient(conv, x, kernel, stride, padding, options, repeats: int) -> float:
+  """Median milliseconds of one value-and-gradient call, compiled with `options`."""
+  def loss(x, kernel):
+    return 0.5 * jnp.sum(conv(x, kernel, stride, padding) ** 2)
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernel).compile(
+      options or None)
+  jax.block_until_ready(compiled(x, kernel))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(x, kernel))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--repeats', type=int, default=4)
+  parser.add_argument('--limit', type=int, default=len(SHAPES), help='first N shapes only')
+  parser.add_argument('--results', default='', help='Markdown file to append the table to')
+  args = parser.parse_args(argv)
+  forms = {'XLA conv, default options': (xla_conv, {}),
+           'XLA conv, compiler_options()': (xla_conv, ops.compiler_options()),
+           'im2col, default options': (im2col_conv, {}),
+           'im2col, compiler_options()': (im2col_conv, ops.compiler_options())}
+  lines = ['| input | kernel | stride | where | ' + ' | '.join(f'{f} ms' for f in forms) + ' |',
+           '|---|---|---|---|' + '---|' * len(forms)]
+  for size, kernel_shape, stride, padding, where in SHAPES[:args.limit]:
+    x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *size))
+    kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
+    times = [time_gradient(conv, x, kernel, stride, padding, options, args.repeats)
+             for conv, options in forms.values()]
+    lines.append(f'| {args.batch}×{size[0]}×{size[1]}×{size[2]} | '
+                 f'{"×".join(map(str, kernel_shape))} | {stride} {padding} | {where} | '
+                 + ' | '.join(f'{t:.1f}' for t in times) + ' |')
+  table = '\n'.join(lines)
+  print(table)
+  if args.results:
+    command = 'python -m benchmarks.conv_forms ' + ' '.join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    today = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+    with open(args.results, 'a') as f:
+      f.write(f'\n## {today}: k×k conv forms, value and gradient, batch {args.batch}\n\n'
+              f'- command: `{command}`\n- machine: {machine()}\n- versions: {versions()}\n'
+              f'- load average (1, 5, 15 min) after: {load()}\n\n{table}\n')
+
+
+if __name__ == '__main__':
+  main()

@@ -71,7 +71,8 @@ AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shift
 
 # Per backend, measured like AUTO_IMPLS. CPU: XLA hands convolutions to its
 # YNNPACK library by default, whose k×k-conv gradients run 1.3-4.7× slower than
-# XLA's own (Eigen) convs (benchmarks/conv_forms.py); matrix products and reductions stay with YNNPACK.
+# XLA's own (Eigen) convs (benchmarks/conv_forms.py); matrix products and
+# reductions stay with YNNPACK.
 COMPILER_OPTIONS = {'cpu': {'xla_cpu_experimental_ynn_fusion_type':
                             'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}
 
@@ -97,8 +98,8 @@ def compiler_options(backend: Optional[str] = None) -> dict[str, Any]:
   return dict(options)
 
 
-# Larger kernels stay XLA's under conv 'im2col': a 5×5 conv's patches took 2.4×
-# longer than XLA's whole conv (benchmarks/RESULTS.md).
+# Larger kernels stay XLA's under conv 'im2col': a 5×5 conv took 2.6× as long
+# as XLA's with it (benchmarks/conv_forms.py).
 IM2COL_MAX_TAPS = 9
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')

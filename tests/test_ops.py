@@ -63,7 +63,8 @@ def test_shifted_depthwise_equals_grouped_conv(size, stride, padding):
 @pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
 def test_pointwise_dot_equals_1x1_conv(size, stride):
   x = random((2, size, size, 6), 0)
-  reference, fast = (conv_module(('xla', impl, 'xla'), 5, (1, 1), stride, 1) for impl in ('xla', 'dot'))
+  reference, fast = (conv_module(('xla', impl, 'xla'), 5, (1, 1), stride, 1)
+                     for impl in ('xla', 'dot'))
   _, want = module_value_and_grads(reference, x)
   _, got = module_value_and_grads(fast, x)
   assert_close(got, want)

@@ -8,5 +8,6 @@ from xception_jax.models.inception_v3 import InceptionV3
 from xception_jax.models.inception_v4 import InceptionV4
 from xception_jax.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
 
-__all__ = ['compiler_options', 'create_model', 'list_models', 'model_class', 'parse_options', 'register_model',
+__all__ = ['compiler_options', 'create_model', 'list_models', 'model_class', 'parse_options',
+           'register_model',
            'Xception', 'InceptionV3', 'InceptionV4', 'InceptionResNetV1', 'InceptionResNetV2']

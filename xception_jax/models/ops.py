@@ -132,6 +132,12 @@ def _pad_hw(x: jnp.ndarray, pads: Pads, value) -> jnp.ndarray:
                  ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
 
 
+def _crop_hw(xp: jnp.ndarray, pads: Pads) -> jnp.ndarray:
+  """The transpose of `_pad_hw`: `xp` without its padding."""
+  (top, bottom), (left, right) = pads
+  return xp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right]
+
+
 def _out_hw(padded_hw, window, strides) -> tuple[int, int]:
   return tuple((n - k) // s + 1 for n, k, s in zip(padded_hw, window, strides))
 
@@ -217,7 +223,6 @@ def _shifted_depthwise_bwd(strides, pads, out_dtype, residuals, g):
   # Written out rather than left to autodiff: autodiff's residuals are the nine
   # shifted slices, which XLA then materialises.
   x, kernel = residuals
-  (top, bottom), (left, right) = pads
   window = kernel.shape[:2]
   xp = _pad_hw(x, pads, 0)
   acc = jnp.promote_types(g.dtype, jnp.float32)
@@ -225,7 +230,7 @@ def _shifted_depthwise_bwd(strides, pads, out_dtype, residuals, g):
   values = {(i, j): g.astype(acc) * kernel[i, j, 0].astype(acc)
             for i in range(window[0]) for j in range(window[1])}
   dxp = scatter_windows(values, strides, xp.shape[1:3])
-  dx = dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right].astype(x.dtype)
+  dx = _crop_hw(dxp, pads).astype(x.dtype)
   return dx, dkernel
 
 
@@ -274,7 +279,7 @@ def _im2col_conv(x, kernel, strides, pads, precision, out_dtype):
   y = lax.dot_general(_patches(x, (kh, kw), strides, pads), kernel.reshape(-1, cout),
                       (((1,), (0,)), ((), ())), precision=precision,
                       preferred_element_type=out_dtype)
-  return y.reshape(x.shape[0], out_h, out_w, cout).astype(out_dtype)
+  return y.reshape(x.shape[0], out_h, out_w, cout)
 
 
 def _im2col_conv_fwd(x, kernel, strides, pads, precision, out_dtype):
@@ -284,7 +289,7 @@ def _im2col_conv_fwd(x, kernel, strides, pads, precision, out_dtype):
 
 def _im2col_conv_bwd(strides, pads, precision, out_dtype, residuals, g):
   x, kernel = residuals
-  (kh, kw, cin, cout), (top, bottom), (left, right) = kernel.shape, *pads
+  kh, kw, cin, cout = kernel.shape
   g2 = g.reshape(-1, cout)
   dkernel = lax.dot_general(_patches(x, (kh, kw), strides, pads), g2.astype(x.dtype),
                             (((0,), (0,)), ((), ())), precision=precision,
@@ -294,9 +299,8 @@ def _im2col_conv_bwd(strides, pads, precision, out_dtype, residuals, g):
   dpatches = dpatches.reshape(*g.shape[:3], kh * kw * cin)
   values = {(i, j): dpatches[..., (i * kw + j) * cin:(i * kw + j + 1) * cin]
             for i in range(kh) for j in range(kw)}
-  padded_hw = (x.shape[1] + top + bottom, x.shape[2] + left + right)
-  dxp = scatter_windows(values, strides, padded_hw)
-  dx = dxp[:, top:padded_hw[0] - bottom, left:padded_hw[1] - right]
+  padded_hw = _add_tuples(x.shape[1:3], tuple(map(sum, pads)))
+  dx = _crop_hw(scatter_windows(values, strides, padded_hw), pads)
   return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -396,7 +400,7 @@ def _max_pool_fwd(x, window, strides, padding):
 
 
 def _max_pool_bwd(window, strides, padding, x, g):
-  (top, bottom), (left, right) = pads = explicit_pads(x.shape[1:3], window, strides, padding)
+  pads = explicit_pads(x.shape[1:3], window, strides, padding)
   xp = _pad_hw(x, pads, -jnp.inf)
   taps = list(windows(xp, window, strides))
   best, first = taps[0][2], jnp.zeros(g.shape, jnp.int32)
@@ -407,7 +411,7 @@ def _max_pool_bwd(window, strides, padding, x, g):
   zero = jnp.array(0, g.dtype)
   values = {(i, j): jnp.where(first == t, g, zero) for t, (i, j, _) in enumerate(taps)}
   dxp = scatter_windows(values, strides, xp.shape[1:3])
-  return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right],)
+  return (_crop_hw(dxp, pads),)
 
 
 shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

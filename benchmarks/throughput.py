@@ -11,8 +11,15 @@ or one forward pass in inference mode (`infer`), on a fixed random batch
 (no input pipeline). Images/s is the batch over the median step time after
 `--warmup` untimed steps; compile time (JAX and Keras: tracing and XLA
 compilation; PyTorch: none) is reported apart. Peak memory is the process's
-peak resident set; for our models also XLA's own buffer assignment of the
-compiled step, per image of the batch.
+peak resident set and, on a GPU, the framework's peak device allocation; for
+our models also XLA's own buffer assignment of the compiled step, per image.
+
+On a GPU (JAX's default backend; PyTorch takes CUDA when it sees one, or
+`--torch-device`), timm runs with cuDNN autotuning and, for bfloat16, AMP
+autocast. Our rows carry XLA's cost analysis of the compiled step (FLOP and
+bytes accessed per image) and, where the device's peaks are known (`PEAKS`)
+or given (`--peak-tflops`, `--peak-tbps`), the roofline: the images/s that
+the slower of compute and memory allows, and the fraction of it measured.
 
 Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
@@ -50,6 +57,11 @@ PEERS = {
     'inception_resnet_v2': ('inception_resnet_v2', 'InceptionResNetV2'),
 }
 FRAMEWORKS = ('ours', 'timm', 'timm-cl', 'keras')
+# Dense bfloat16 tensor-core TFLOP/s and memory TB/s, by a substring of JAX's
+# device_kind (vendor data sheets). float32 steps are bounded with half the
+# TFLOP/s: XLA runs float32 GPU matrix products as TF32 by default.
+PEAKS = {'H200': (989.0, 4.8), 'H100 80GB HBM3': (989.0, 3.35), 'H100 PCIe': (756.0, 2.0),
+         'A100-SXM4-80GB': (312.0, 2.04), 'A100-SXM4-40GB': (312.0, 1.56)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +132,8 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   compiled = step_fn.lower(*state, *inputs).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
   def step():
     nonlocal state
@@ -130,9 +144,19 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
 
   timed = _time_steps(step, args.warmup, args.repeats)
   temp = getattr(memory, 'temp_size_in_bytes', None)
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
+
+  def per_image(key, unit):
+    return cost[key] / unit / args.batch if cost.get(key) else None
+
   return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib(),
               xla_temp_mib_per_image=None if temp is None else temp / 2**20 / args.batch,
-              backend=jax.default_backend())
+              device_peak_mib=stats['peak_bytes_in_use'] / 2**20
+              if 'peak_bytes_in_use' in stats else None,
+              gflop_per_image=per_image('flops', 1e9),
+              gb_per_image=per_image('bytes accessed', 1e9),
+              backend=jax.default_backend(), device_kind=device.device_kind)
 
 
 def worker_timm(args, channels_last: bool) -> dict[str, Any]:
@@ -140,14 +164,18 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
   import torch
 
   name = PEERS[args.model][0]
+  device = torch.device(args.torch_device if args.torch_device != 'auto' else
+                        'cuda' if torch.cuda.is_available() else 'cpu')
+  cuda = device.type == 'cuda'
+  torch.backends.cudnn.benchmark = True   # timm's own benchmark autotunes convs too.
   torch.manual_seed(0)
-  model = timm.create_model(name, num_classes=1000)
-  x = torch.rand(args.batch, 3, args.image_size, args.image_size) * 2 - 1
-  labels = torch.arange(args.batch) % 1000
+  model = timm.create_model(name, num_classes=1000).to(device)
+  x = (torch.rand(args.batch, 3, args.image_size, args.image_size) * 2 - 1).to(device)
+  labels = (torch.arange(args.batch) % 1000).to(device)
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
-  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   model.train(args.mode == 'train')
 
@@ -155,16 +183,19 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
     if args.mode == 'infer':
       with torch.inference_mode(), autocast:
         model(x)
-      return
-    optimizer.zero_grad(set_to_none=True)
-    with autocast:
-      loss = torch.nn.functional.cross_entropy(model(x), labels)
-    loss.backward()
-    optimizer.step()
+    else:
+      optimizer.zero_grad(set_to_none=True)
+      with autocast:
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+      loss.backward()
+      optimizer.step()
+    if cuda:
+      torch.cuda.synchronize()   # CUDA runs asynchronously; time the finished step.
 
   timed = _time_steps(step, args.warmup, args.repeats)
   return dict(compile_s=0.0, **timed, peak_rss_mib=_peak_rss_mib(),
-              threads=torch.get_num_threads())
+              device_peak_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+              threads=torch.get_num_threads(), device_kind=str(device))
 
 
 def worker_keras(args) -> dict[str, Any]:
@@ -230,7 +261,7 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
              f'--model={model}', f'--batch={batch}', f'--mode={mode}',
              f'--image-size={args.image_size}', f'--dtype={args.dtype}',
              f'--warmup={args.warmup}', f'--repeats={args.repeats}',
-             f'--options={options or {}!r}']
+             f'--torch-device={args.torch_device}', f'--options={options or {}!r}']
   env = dict(os.environ, KERAS_BACKEND='jax', TF_CPP_MIN_LOG_LEVEL='3', **args.env)
   if flags:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
@@ -288,6 +319,25 @@ def tuning_environment(env: dict[str, str]) -> str:
   return ' '.join(f'{n}={merged[n]}' for n in TUNING_VARIABLES if merged.get(n)) or 'none'
 
 
+def device_peaks(device_kind: str, dtype: str, tflops: Optional[float] = None,
+                 tbps: Optional[float] = None) -> Optional[tuple[float, float]]:
+  """(TFLOP/s, TB/s) of the device for `dtype`: given ones win, else `PEAKS`; None if unknown."""
+  known = next((peaks for kind, peaks in PEAKS.items() if kind in device_kind), None)
+  if known and dtype != 'bfloat16':
+    known = (known[0] / 2, known[1])
+  tflops = tflops or (known and known[0])
+  tbps = tbps or (known and known[1])
+  return (tflops, tbps) if tflops and tbps else None
+
+
+def roofline(gflop_per_image: float, gb_per_image: float,
+             peaks: tuple[float, float]) -> tuple[float, str]:
+  """(images/s that the device's peaks allow, 'compute' or 'memory': the bound that binds)."""
+  compute_s = gflop_per_image / (peaks[0] * 1e3)
+  memory_s = gb_per_image / (peaks[1] * 1e3)
+  return 1 / max(compute_s, memory_s), 'compute' if compute_s >= memory_s else 'memory'
+
+
 def load() -> str:
   return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
@@ -307,6 +357,12 @@ def main(argv=None) -> None:
                       help='timm (NCHW), timm-cl (channels-last), keras; "" for none')
   parser.add_argument('--ours', action='append', default=None,
                       help='variant of our model, name:option=value,...[@XLA_FLAGS]; repeatable')
+  parser.add_argument('--torch-device', default='auto',
+                      help='device for timm: auto (CUDA if PyTorch sees one), cpu, cuda, ...')
+  parser.add_argument('--peak-tflops', type=float, default=None,
+                      help='device peak TFLOP/s for the roofline (default: PEAKS by device)')
+  parser.add_argument('--peak-tbps', type=float, default=None,
+                      help='device memory TB/s for the roofline (default: PEAKS by device)')
   parser.add_argument('--env', action='append', default=[],
                       help='NAME=VALUE for every framework\'s process; repeatable')
   parser.add_argument('--no-record', action='store_true', help='do not append to RESULTS.md')
@@ -343,27 +399,39 @@ def main(argv=None) -> None:
             result = measure(args, framework, model, batch, mode, options, flags)
             if result:
               results[name].append(result)
-        rows += summarize(model, batch, mode, args.dtype, results)
+        rows += summarize(model, batch, mode, args.dtype, results,
+                          peaks=(args.peak_tflops, args.peak_tbps))
   table = format_table(rows)
   print(table)
   if not args.no_record:
     record(args, table, command, load_before)
 
 
-def summarize(model, batch, mode, dtype, results) -> list[dict[str, Any]]:
+def summarize(model, batch, mode, dtype, results,
+              peaks=(None, None)) -> list[dict[str, Any]]:
+  """One row per framework/variant: median images/s, memory, cost, roofline and ratios."""
   rows = []
   for name, runs in results.items():
     if not runs:
       continue
     step = statistics.median(t for run in runs for t in run['times'])
-    rows.append(dict(model=model, batch=batch, mode=mode, dtype=dtype, name=name,
-                     step_s=step, images_s=batch / step,
-                     compile_s=statistics.median(r['compile_s'] for r in runs),
-                     peak_rss_mib=max(r['peak_rss_mib'] for r in runs),
-                     fault_mib=statistics.median(r['fault_mib_per_step'] for r in runs),
-                     xla_mib_per_image=runs[0].get('xla_temp_mib_per_image'),
-                     spread=(min(t for r in runs for t in r['times']),
-                             max(t for r in runs for t in r['times']))))
+    first = runs[0]
+    row = dict(model=model, batch=batch, mode=mode, dtype=dtype, name=name,
+               step_s=step, images_s=batch / step,
+               compile_s=statistics.median(r['compile_s'] for r in runs),
+               peak_rss_mib=max(r['peak_rss_mib'] for r in runs),
+               device_peak_mib=max((r.get('device_peak_mib') or 0 for r in runs), default=0),
+               fault_mib=statistics.median(r['fault_mib_per_step'] for r in runs),
+               xla_mib_per_image=first.get('xla_temp_mib_per_image'),
+               gflop_per_image=first.get('gflop_per_image'),
+               gb_per_image=first.get('gb_per_image'), roofline=None,
+               spread=(min(t for r in runs for t in r['times']),
+                       max(t for r in runs for t in r['times'])))
+    device_peak = device_peaks(first.get('device_kind', ''), dtype, *peaks)
+    if device_peak and row['gflop_per_image'] and row['gb_per_image']:
+      bound, binding = roofline(row['gflop_per_image'], row['gb_per_image'], device_peak)
+      row['roofline'] = (bound, row['images_s'] / bound, binding)
+    rows.append(row)
   ours = [r for r in rows if r['name'] not in FRAMEWORKS[1:]]
   for row in rows:
     row['ratios'] = {p['name']: row['images_s'] / p['images_s'] for p in rows
@@ -373,15 +441,21 @@ def summarize(model, batch, mode, dtype, results) -> list[dict[str, Any]]:
 
 def format_table(rows) -> str:
   lines = ['| model | batch | mode | dtype | run | images/s | s/step (min–max) | compile s '
-           '| peak RSS MiB | XLA MiB/image | page faults MiB/step | ours ÷ peer |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+           '| peak RSS MiB | XLA MiB/image | page faults MiB/step | ours ÷ peer '
+           '| device peak MiB | XLA GFLOP, GB/image | roofline images/s (measured fraction) |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     ratios = ', '.join(f'{v:.2f}× {k}' for k, v in r['ratios'].items()) or ''
     per_image = '' if r['xla_mib_per_image'] is None else f"{r['xla_mib_per_image']:.0f}"
+    device = f"{r['device_peak_mib']:.0f}" if r['device_peak_mib'] else ''
+    cost = (f"{r['gflop_per_image']:.4g}, {r['gb_per_image']:.4g}"
+            if r['gflop_per_image'] and r['gb_per_image'] else '')
+    bound = r['roofline'] and '{:.1f} ({:.3f}, {})'.format(*r['roofline'])
     lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {r['name']} "
                  f"| {r['images_s']:.2f} | {r['step_s']:.2f} ({r['spread'][0]:.2f}–"
                  f"{r['spread'][1]:.2f}) | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} "
-                 f"| {per_image} | {r['fault_mib']:.0f} | {ratios} |")
+                 f"| {per_image} | {r['fault_mib']:.0f} | {ratios} | {device} | {cost} "
+                 f"| {bound or ''} |")
   return '\n'.join(lines)
 
 
@@ -392,7 +466,7 @@ def record(args, table: str, command: str, load_before: str) -> None:
       '# Throughput results\n\nAppended by `python -m benchmarks.throughput`; newest last.\n')
   text = (f'{header}\n## {today}: {args.model}, batch {args.batch}, {args.mode}, {args.dtype}\n\n'
           f'- command: `{command}`\n- machine: {machine()}; JAX backend: '
-          f'{jax.default_backend()}\n- versions: {versions()}\n'
+          f'{jax.default_backend()} ({jax.devices()[0].device_kind})\n- versions: {versions()}\n'
           f'- load average (1, 5, 15 min) before: {load_before}; after: {load()}\n'
           f'- environment of every framework: {tuning_environment(args.env)}\n'
           f'- {args.warmup} warm-up step(s), median of {args.repeats} timed steps × '

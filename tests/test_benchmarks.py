@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -14,7 +16,7 @@ def run(*args):
 def test_throughput_prints_a_row_per_variant():
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
-            '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1',
+            '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1', '--peak-tflops=1', '--peak-tbps=0.01',
             '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
             '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"')
   rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
@@ -22,6 +24,27 @@ def test_throughput_prints_a_row_per_variant():
       ('train', 'tiny'), ('train', 'tiny-bn'), ('infer', 'tiny'), ('infer', 'tiny-bn')]
   assert all(float(r[6]) > 0 for r in rows)          # images/s
   assert all(float(r[11]) >= 0 for r in rows)        # page faults MiB/step
+  for r in rows:   # XLA's cost analysis and the roofline under the given peaks.
+    gflop, gb = map(float, r[14].split(','))
+    bound, fraction = float(r[15].split()[0]), float(r[15].split()[1].strip('(,'))
+    assert 0 < gflop and 0 < gb
+    assert bound == pytest.approx(1 / max(gflop / 1e3, gb / 10), rel=0.01)
+    assert fraction == pytest.approx(float(r[6]) / bound, rel=0.01, abs=1e-3)
+  train_gflop, infer_gflop = float(rows[0][14].split(',')[0]), float(rows[2][14].split(',')[0])
+  assert 2 < train_gflop / infer_gflop < 4          # backward ≈ twice the forward FLOPs
+
+
+def test_roofline_is_the_slower_bound_and_peaks_follow_the_device():
+  from benchmarks import throughput
+  assert throughput.device_peaks('NVIDIA H100 80GB HBM3', 'bfloat16') == (989.0, 3.35)
+  assert throughput.device_peaks('NVIDIA H200', 'float32') == (494.5, 4.8)   # TF32.
+  assert throughput.device_peaks('cpu', 'float32') is None
+  assert throughput.device_peaks('cpu', 'float32', 2.0, 0.5) == (2.0, 0.5)
+  # ARCHITECTURES.md's Xception estimate: ~50 GFLOP, 0.7-1.4 GB per image on an H100.
+  bound, binding = throughput.roofline(50.0, 1.4, (989.0, 3.35))
+  assert binding == 'memory' and bound == pytest.approx(3350 / 1.4)
+  bound, binding = throughput.roofline(50.0, 0.001, (989.0, 3.35))
+  assert binding == 'compute' and bound == pytest.approx(989e3 / 50)
 
 
 def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):

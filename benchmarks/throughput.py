@@ -24,7 +24,7 @@ the slower of compute and memory allows, and the fraction of it measured.
 Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
 `@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`;
-the option `compiler_options=none` compiles without `ops.compiler_options()`,
+the option `compiler_options=none` compiles without `ops.compiler_options(model=...)`,
 which our steps use otherwise.
 `--env NAME=VALUE` sets an environment variable for every framework alike,
 e.g. `--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages
@@ -98,9 +98,9 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   from xception_jax.models import ops
 
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
-  compiler_options = {} if options.pop('compiler_options', '') == 'none' else (
-      ops.compiler_options())
+  use_options = options.pop('compiler_options', '') != 'none'
   model = models.create_model(args.model, dtype=dtype, **options)
+  compiler_options = ops.compiler_options(model=model) if use_options else {}
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 3),
                          minval=-1, maxval=1)

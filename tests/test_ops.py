@@ -11,6 +11,7 @@ from jax import lax
 from helpers import init, train_gradients
 from xception_jax import models
 from xception_jax.models import ops
+from xception_jax.models import registry
 from xception_jax.models import layers
 from xception_jax.models.layers import max_pool
 
@@ -282,16 +283,32 @@ def test_compiler_options_keep_convs_from_ynnpack_but_not_dots():
     return jnp.sum(ops.pointwise_dot(y, pointwise, (1, 1)) ** 2)
   step = jax.jit(jax.grad(loss, argnums=(0, 1)))
   default = ynn_ops(step.lower(x, kernel).compile().as_text())
-  ours = ynn_ops(step.lower(x, kernel).compile(ops.compiler_options('cpu')).as_text())
   assert 'conv_general_dilated' in default and 'dot_general' in default
-  assert 'conv_general_dilated' not in ours and 'dot_general' in ours
+  for model in (None, 'xception', 'inception_resnet_v2'):   # Its own fusion mode, tested too.
+    ours = ynn_ops(step.lower(x, kernel).compile(
+        ops.compiler_options('cpu', model=model)).as_text())
+    assert 'conv_general_dilated' not in ours and 'dot_general' in ours, model
+
+
+def test_compiler_options_per_model():
+  common = ops.compiler_options('cpu')
+  assert common['xla_cpu_enable_concurrency_optimized_scheduler'] is False
+  assert ops.compiler_options('cpu', model='xception') == common
+  tiny = models.create_model('inception_resnet_v2', width_multiplier=0.25)
+  irv2 = ops.compiler_options('cpu', model=tiny)
+  assert irv2 == ops.compiler_options('cpu', model='inception_resnet_v2') != common
+  assert irv2['xla_cpu_experimental_ynn_fusion_type'] == (
+      'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE')
+  assert ops.compiler_options('tpu', model='inception_resnet_v2') == {}
+  assert registry.model_name(models.model_class('inception_v4')) == 'inception_v4'
+  assert registry.model_name(nn.Dense(3)) is None
 
 
 def test_compiler_options_rejected_by_xla_are_dropped_with_a_warning(monkeypatch, caplog):
   monkeypatch.setitem(ops.COMPILER_OPTIONS, 'cpu', {'xla_cpu_no_such_option': True})
-  ops.compiler_options.cache_clear()
+  ops._checked_options.cache_clear()
   try:
     assert ops.compiler_options('cpu') == {}
   finally:
-    ops.compiler_options.cache_clear()
+    ops._checked_options.cache_clear()
   assert 'XLA rejected the compiler options' in caplog.text

@@ -47,7 +47,7 @@ class Evaluator:
         steps.eval_step, model=model, num_classes=source.num_classes,
         multilabel=source.multilabel, top_k=self.top_k, class_weights=self.class_weights),
                          out_shardings=sharding.replicated(mesh),
-                         compiler_options=models.compiler_options())
+                         compiler_options=models.compiler_options(model=model))
 
   def __call__(self, variable_sets: dict[str, Any]) -> dict[str, float]:
     """{'count', '<metric><suffix>' ...} averaged over the split (see the class docstring)."""

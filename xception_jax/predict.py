@@ -54,7 +54,7 @@ def load_images(paths: Sequence[str], image_size: int, crop_fraction: float) -> 
 def top_classes(model, variables: dict[str, Any], images: np.ndarray, class_names: Sequence[str],
                 top: int = 5, multilabel: bool = False) -> list[list[tuple[str, float]]]:
   """For each image, the `top` (name, probability) pairs, most likely first."""
-  logits = jax.jit(model.apply, compiler_options=models.compiler_options())(
+  logits = jax.jit(model.apply, compiler_options=models.compiler_options(model=model))(
       variables, jnp.asarray(images))
   probabilities = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
   order = np.argsort(-np.asarray(probabilities), axis=-1)[:, :top]

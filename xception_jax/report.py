@@ -81,7 +81,7 @@ def measure_training(model, batch_size: int, image_size: int, num_steps: int,
                                          schedule=schedule, config=step_config),
                        in_shardings=(shardings, data),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
-                       compiler_options=models.compiler_options())
+                       compiler_options=models.compiler_options(model=model))
   rng_np = np.random.default_rng(0)
   batch = jax.device_put({
       'image': rng_np.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32),

@@ -104,7 +104,7 @@ class Setup:
                              schedule=self.schedule, config=self.step_config)
     return jax.jit(step, in_shardings=(shardings, sharding.data_sharding(self.mesh)),
                    out_shardings=(shardings, sharding.replicated(self.mesh)),
-                   donate_argnums=0, compiler_options=models.compiler_options())
+                   donate_argnums=0, compiler_options=models.compiler_options(model=self.model))
 
   def train_stream(self) -> pipeline.TrainStream:
     c = self.config

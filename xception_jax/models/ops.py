@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from xception_jax.models import registry
+
 ConvFn = Callable[..., jnp.ndarray]
 Padding = Union[str, Sequence[tuple[int, int]]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -69,24 +71,40 @@ IMPLS = {'depthwise': ('auto', 'xla', 'shifted'),
 AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
                       'norm': 'fused'}}
 
-# Per backend, measured like AUTO_IMPLS. CPU: XLA hands convolutions to its
-# YNNPACK library by default, whose k×k-conv gradients run 1.3-4.7× slower than
-# XLA's own (Eigen) convs (benchmarks/conv_forms.py); matrix products and
-# reductions stay with YNNPACK.
+# Per backend, measured like AUTO_IMPLS (benchmarks/RESULTS.md). CPU: XLA
+# hands convolutions to its YNNPACK library by default, whose k×k-conv
+# gradients run 1.3-4.7× slower than XLA's own (Eigen) convs
+# (benchmarks/conv_forms.py); matrix products and reductions stay with
+# YNNPACK. XLA's memory-optimised scheduler trains Xception and Inception-v4
+# 1.08-1.10× faster in 22-40 % less activation memory.
 COMPILER_OPTIONS = {'cpu': {'xla_cpu_experimental_ynn_fusion_type':
-                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}
+                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+                            'xla_cpu_enable_concurrency_optimized_scheduler': False}}
+# Per backend and registered model name, options that replace those above.
+# Inception-ResNet-v2 trains 1.15× faster when YNNPACK also fuses the
+# elementwise work around its matrix products (it slowed Xception to 0.75×).
+MODEL_COMPILER_OPTIONS = {'cpu': {'inception_resnet_v2': {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}}
+
+
+def compiler_options(backend: Optional[str] = None, *,
+                     model: Any = None) -> dict[str, Any]:
+  """XLA compiler options for jitting `model` (a registry name or module) on `backend`.
+
+  `backend` defaults to JAX's default. Pass them as
+  `jax.jit(..., compiler_options=ops.compiler_options(model=model))`. Without
+  `model`, the options common to every model. An XLA that does not know an
+  option (they are experimental) gets none, with a warning, rather than a
+  compile error.
+  """
+  name = model if isinstance(model, str) or model is None else registry.model_name(model)
+  return dict(_checked_options(backend or jax.default_backend(), name))
 
 
 @functools.lru_cache(maxsize=None)
-def compiler_options(backend: Optional[str] = None) -> dict[str, Any]:
-  """XLA compiler options for jitting these models on `backend` (default: JAX's default).
-
-  Pass them as `jax.jit(..., compiler_options=ops.compiler_options())`. An
-  XLA that does not know an option (they are experimental) gets none, with a
-  warning, rather than a compile error.
-  """
-  backend = backend or jax.default_backend()
-  options = COMPILER_OPTIONS.get(backend, {})
+def _checked_options(backend: str, model_name: Optional[str]) -> dict[str, Any]:
+  options = dict(COMPILER_OPTIONS.get(backend, {}),
+                 **MODEL_COMPILER_OPTIONS.get(backend, {}).get(model_name, {}))
   if options:
     try:
       jax.jit(lambda x: x + 1, backend=backend, compiler_options=options).lower(
@@ -95,7 +113,7 @@ def compiler_options(backend: Optional[str] = None) -> dict[str, Any]:
       logging.warning('XLA rejected the compiler options %s (%s); compiling without them.',
                       options, str(e).splitlines()[0])
       return {}
-  return dict(options)
+  return options
 
 
 # Larger kernels stay XLA's under conv 'im2col': a 5×5 conv took 2.6× as long

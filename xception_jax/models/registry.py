@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import flax.linen as nn
 
@@ -31,6 +31,13 @@ def model_class(name: str) -> type[nn.Module]:
   if name not in _MODELS:
     raise ValueError(f'Unknown model {name!r}; available: {", ".join(list_models())}.')
   return _MODELS[name]
+
+
+def model_name(model: Any) -> Optional[str]:
+  """The registered name of a model instance or class (its nearest registered class); else None."""
+  cls = model if isinstance(model, type) else type(model)
+  names = {registered: name for name, registered in _MODELS.items()}
+  return next((names[c] for c in cls.__mro__ if c in names), None)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

@@ -75,14 +75,14 @@ AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shift
 # hands convolutions to its YNNPACK library by default, whose k×k-conv
 # gradients run 1.3-4.7× slower than XLA's own (Eigen) convs
 # (benchmarks/conv_forms.py); matrix products and reductions stay with
-# YNNPACK. XLA's memory-optimised scheduler trains Xception and Inception-v4
-# 1.08-1.10× faster in 22-40 % less activation memory.
+# YNNPACK. (XLA's memory-optimised scheduler, which helps too, is read from
+# XLA_FLAGS only: as a compiler option it is accepted and ignored.)
 COMPILER_OPTIONS = {'cpu': {'xla_cpu_experimental_ynn_fusion_type':
-                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
-                            'xla_cpu_enable_concurrency_optimized_scheduler': False}}
+                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}
 # Per backend and registered model name, options that replace those above.
-# Inception-ResNet-v2 trains 1.15× faster when YNNPACK also fuses the
-# elementwise work around its matrix products (it slowed Xception to 0.75×).
+# Inception-ResNet-v2 trains 1.10-1.15× faster when YNNPACK also fuses the
+# elementwise work around its matrix products (Inception-V3 and v4 gained
+# nothing, Xception slowed to 0.75×).
 MODEL_COMPILER_OPTIONS = {'cpu': {'inception_resnet_v2': {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE'}}}
 

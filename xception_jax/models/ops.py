@@ -76,7 +76,7 @@ AUTO_IMPLS = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shift
 # gradients run 1.3-4.7× slower than XLA's own (Eigen) convs
 # (benchmarks/conv_forms.py); matrix products and reductions stay with
 # YNNPACK. XLA's memory-optimised scheduler trains Xception and the
-# Inception models with 12-43 % less activation memory, 0.98-1.09× the time.
+# Inception models with 12-43 % less activation memory at 0.98-1.09× the speed.
 # (`xla_cpu_scheduler_type`: XLA ignores the older
 # `xla_cpu_enable_concurrency_optimized_scheduler` as a compiler option.)
 COMPILER_OPTIONS = {'cpu': {

@@ -13,6 +13,7 @@ def run(*args):
                         check=True).stdout
 
 
+@pytest.mark.long
 def test_throughput_prints_a_row_per_variant():
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',

@@ -19,6 +19,7 @@ from test_train import tiny_config
 TOTAL_STEPS = 12
 
 
+@pytest.mark.long
 def test_kill_9_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)  # 5 steps per epoch.
   common = dict(config__total_steps=TOTAL_STEPS,
@@ -69,6 +70,7 @@ def truncate_files(directory: Path) -> int:
   return count
 
 
+@pytest.mark.long
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=4)
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=4,

@@ -18,6 +18,7 @@ def max_difference(a, b) -> float:
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
+@pytest.mark.long
 def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)
   # Global-batch BN and a modest learning rate keep the comparison readable: float32
@@ -54,6 +55,7 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   assert two['eval']['loss'] == pytest.approx(one['eval']['loss'], rel=1e-3)
 
 
+@pytest.mark.long
 def test_sigterm_stops_both_processes_at_one_checkpoint_and_the_rerun_completes(tmp_path):
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)
   workdir, log = tmp_path / 'run', tmp_path / 'run.log'

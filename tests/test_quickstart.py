@@ -4,7 +4,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 
+
+@pytest.mark.long
 def test_quickstart_reaches_95_percent_with_averaged_weights(tmp_path):
   started = time.monotonic()
   result = subprocess.run(

@@ -31,6 +31,7 @@ def tiny_config(**overrides):
   return c
 
 
+@pytest.mark.long
 def test_mock_imagenet_on_8_devices_counts_every_eval_example(tmp_path):
   assert jax.device_count() == 8
   config = tiny_config(dataset='imagenet2012', total_steps=2, eval_batch_size=8)
@@ -49,6 +50,7 @@ def test_mock_imagenet_on_8_devices_counts_every_eval_example(tmp_path):
   assert list((tmp_path / 'tensorboard').iterdir())
 
 
+@pytest.mark.long
 def test_resume_is_bitwise_exact(tmp_path):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=10)  # 40 images, 5 steps/epoch.
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=6,

@@ -50,6 +50,7 @@ def assert_updates_close(start, a, b, rtol):
   assert max(jax.tree.leaves(errors)) < rtol, max(jax.tree.leaves(errors))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize('bn_groups', [1, 8])
 def test_sharded_step_on_8_devices_equals_one_device(bn_groups):
   """In float64, where it is exact to ~1e-12: the early BN biases' gradients cancel so
@@ -69,6 +70,7 @@ def test_sharded_step_on_8_devices_equals_one_device(bn_groups):
   assert_trees_close(one.batch_stats, eight.batch_stats, atol=1e-12)
 
 
+@pytest.mark.long
 def test_per_device_batch_norm_differs_from_global():
   model, data = tiny_xception(), batch()
   mesh = Mesh(np.array(jax.devices()), ('data',))

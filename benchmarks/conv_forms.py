@@ -5,9 +5,12 @@
 For each conv shape of the Xception and Inception stems and blocks: one
 value-and-gradient step (input and kernel gradients) of XLA's conv and of
 `ops.im2col_conv`, compiled with XLA's default CPU options and with
-`ops.compiler_options()`. Milliseconds, median of `--repeats` after one
-warm-up call; the table is printed and, with `--results`, appended there
-with the machine, versions and command.
+`ops.compiler_options()`, and, where PyTorch is installed, of its conv2d in
+timm's default NCHW layout on the same threads. Milliseconds, median of
+`--repeats` after one warm-up call, and the rate in GFLOP/s (a forward pass
+and two gradients: 3 × 2 × multiply-adds) of XLA's conv under
+`compiler_options()` and of PyTorch's; the table is printed and, with
+`--results`, appended there with the machine, versions and command.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import shlex
 import statistics
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +41,9 @@ SHAPES = [
     ((17, 17, 128), (1, 7, 128, 128), 1, 'SAME', 'Inception 17×17 blocks'),
     ((17, 17, 128), (7, 1, 128, 192), 1, 'SAME', 'Inception 17×17 blocks'),
     ((8, 8, 448), (3, 3, 448, 384), 1, 'SAME', 'Inception-V3 Mixed_7'),
+    ((35, 35, 256), (3, 3, 256, 256), 1, 'SAME', 'Inception-ResNet-v2 Mixed_6a'),
+    ((17, 17, 128), (1, 7, 128, 160), 1, 'SAME', 'Inception-ResNet-v2 block17'),
+    ((17, 17, 160), (7, 1, 160, 192), 1, 'SAME', 'Inception-ResNet-v2 block17'),
 ]
 
 
@@ -64,6 +71,40 @@ def time_gradient(conv, x, kernel, stride, padding, options, repeats: int) -> fl
   return statistics.median(times) * 1e3
 
 
+def torch_gradient_ms(size, kernel_shape, stride: int, padding: str,
+                      batch: int, repeats: int) -> Optional[float]:
+  """Median milliseconds of PyTorch's conv2d value and gradients (NCHW), or None without torch."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  kh, kw, cin, cout = kernel_shape
+  # SAME at stride 1 with an odd kernel pads k // 2 on each side, as timm's layers do.
+  pad = (0, 0) if padding == 'VALID' else (kh // 2, kw // 2)
+  x = torch.randn(batch, cin, *size[:2], requires_grad=True)
+  kernel = (0.1 * torch.randn(cout, cin, kh, kw)).requires_grad_()
+
+  def step():
+    y = torch.nn.functional.conv2d(x, kernel, stride=stride, padding=pad)
+    (0.5 * (y * y).sum()).backward()
+
+  step()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) * 1e3
+
+
+def gflop(batch: int, size, kernel_shape, stride: int, padding: str) -> float:
+  """GFLOP of one value-and-gradient step: 3 × 2 × the forward pass's multiply-adds."""
+  kh, kw, cin, cout = kernel_shape
+  out = [(n - (k if padding == 'VALID' else 1)) // stride + 1
+         for n, k in zip(size[:2], (kh, kw))]
+  return 6 * batch * out[0] * out[1] * kh * kw * cin * cout / 1e9
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=8)
@@ -75,16 +116,21 @@ def main(argv=None) -> None:
            'XLA conv, compiler_options()': (xla_conv, ops.compiler_options()),
            'im2col, default options': (im2col_conv, {}),
            'im2col, compiler_options()': (im2col_conv, ops.compiler_options())}
-  lines = ['| input | kernel | stride | where | ' + ' | '.join(f'{f} ms' for f in forms) + ' |',
-           '|---|---|---|---|' + '---|' * len(forms)]
+  lines = ['| input | kernel | stride | where | ' + ' | '.join(f'{f} ms' for f in forms)
+           + ' | PyTorch conv2d ms | GFLOP/s, XLA with compiler_options() / PyTorch |',
+           '|---|---|---|---|' + '---|' * (len(forms) + 2)]
   for size, kernel_shape, stride, padding, where in SHAPES[:args.limit]:
     x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, *size))
     kernel = 0.1 * jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
     times = [time_gradient(conv, x, kernel, stride, padding, options, args.repeats)
              for conv, options in forms.values()]
+    peer = torch_gradient_ms(size, kernel_shape, stride, padding, args.batch, args.repeats)
+    work = gflop(args.batch, size, kernel_shape, stride, padding)
+    rates = f'{work / times[1] * 1e3:.0f}' + ('' if peer is None else f' / {work / peer * 1e3:.0f}')
     lines.append(f'| {args.batch}×{size[0]}×{size[1]}×{size[2]} | '
                  f'{"×".join(map(str, kernel_shape))} | {stride} {padding} | {where} | '
-                 + ' | '.join(f'{t:.1f}' for t in times) + ' |')
+                 + ' | '.join(f'{t:.1f}' for t in times)
+                 + f' | {"—" if peer is None else f"{peer:.1f}"} | {rates} |')
   table = '\n'.join(lines)
   print(table)
   if args.results:

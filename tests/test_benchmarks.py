@@ -78,4 +78,8 @@ def test_conv_forms_appends_a_row_per_shape(tmp_path):
   rows = [line.split('|') for line in out.splitlines() if line.startswith('| 1×')]
   assert [r[1].strip() for r in rows] == ['1×299×299×3', '1×149×149×32']
   assert all(float(t) > 0 for r in rows for t in r[5:9])   # four forms, ms
+  for r in rows:   # PyTorch's time where it is installed, and the rate of XLA's conv.
+    peer, rates = r[9].strip(), r[10].split('/')
+    assert peer == '—' or float(peer) > 0
+    assert float(rates[0]) > 0 and len(rates) == (1 if peer == '—' else 2)
   assert results.read_text().count('| 1×') == 2

@@ -20,7 +20,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,19 +56,24 @@ def im2col_conv(x, kernel, stride, padding):
   return ops.im2col_conv(x, kernel, (stride, stride), padding)
 
 
+def median_ms(step: Callable[[], Any], repeats: int) -> float:
+  """Median milliseconds of `step()` over `repeats` calls, after one warm-up call."""
+  step()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) * 1e3
+
+
 def time_gradient(conv, x, kernel, stride, padding, options, repeats: int) -> float:
   """Median milliseconds of one value-and-gradient call, compiled with `options`."""
   def loss(x, kernel):
     return 0.5 * jnp.sum(conv(x, kernel, stride, padding) ** 2)
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernel).compile(
       options or None)
-  jax.block_until_ready(compiled(x, kernel))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(x, kernel))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return median_ms(lambda: jax.block_until_ready(compiled(x, kernel)), repeats)
 
 
 def torch_gradient_ms(size, kernel_shape, stride: int, padding: str,
@@ -88,13 +93,7 @@ def torch_gradient_ms(size, kernel_shape, stride: int, padding: str,
     y = torch.nn.functional.conv2d(x, kernel, stride=stride, padding=pad)
     (0.5 * (y * y).sum()).backward()
 
-  step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return median_ms(step, repeats)
 
 
 def gflop(batch: int, size, kernel_shape, stride: int, padding: str) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from helpers import init, random_variables, train_gradients
+from helpers import random_variables, train_gradients
 from xception_jax import models
 from xception_jax.models import ops
 from xception_jax.models import registry

@@ -19,14 +19,13 @@ import datetime
 import shlex
 import statistics
 import sys
-import time
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from benchmarks.throughput import load, machine, versions
+from benchmarks.throughput import load, machine, time_steps, versions
 from xception_jax.models import ops
 
 # (input NHWC at batch 1, kernel HWIO, stride, padding, where it is).
@@ -58,13 +57,7 @@ def im2col_conv(x, kernel, stride, padding):
 
 def median_ms(step: Callable[[], Any], repeats: int) -> float:
   """Median milliseconds of `step()` over `repeats` calls, after one warm-up call."""
-  step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return statistics.median(time_steps(step, 1, repeats)['times']) * 1e3
 
 
 def time_gradient(conv, x, kernel, stride, padding, options, repeats: int) -> float:

@@ -67,7 +67,7 @@ PEAKS = {'H200': (989.0, 4.8), 'H100 80GB HBM3': (989.0, 3.35), 'H100 PCIe': (75
 # ----------------------------------------------------------------------------------------------
 # Workers: each measures one framework in a fresh process and prints one JSON line.
 
-def _time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
+def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
   """{'times': seconds of each timed step, 'fault_mib_per_step': memory first touched per step}.
 
   Page faults count memory the allocator mapped afresh (and the kernel zeroed)
@@ -142,7 +142,7 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
       state = out[:3]
     jax.block_until_ready(out)
 
-  timed = _time_steps(step, args.warmup, args.repeats)
+  timed = time_steps(step, args.warmup, args.repeats)
   temp = getattr(memory, 'temp_size_in_bytes', None)
   device = jax.local_devices()[0]
   stats = device.memory_stats() or {}
@@ -192,7 +192,7 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
     if cuda:
       torch.cuda.synchronize()   # CUDA runs asynchronously; time the finished step.
 
-  timed = _time_steps(step, args.warmup, args.repeats)
+  timed = time_steps(step, args.warmup, args.repeats)
   return dict(compile_s=0.0, **timed, peak_rss_mib=_peak_rss_mib(),
               device_peak_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
               threads=torch.get_num_threads(), device_kind=str(device))
@@ -217,7 +217,7 @@ def worker_keras(args) -> dict[str, Any]:
   start = time.perf_counter()
   step()   # Traces and compiles.
   compile_s = time.perf_counter() - start
-  timed = _time_steps(step, max(args.warmup - 1, 0), args.repeats)
+  timed = time_steps(step, max(args.warmup - 1, 0), args.repeats)
   return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib())
 
 

@@ -301,7 +301,7 @@ def test_compiler_options_schedule_training_for_memory():
   """The memory-optimised scheduler takes effect as a compiler option (the older flag did not)."""
   model = models.create_model('xception', width_multiplier=0.25, middle_flow_repeats=1)
   x = random((2, 71, 71, 3), 0)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  variables = tree.variable_template(model, 71)
   def loss(params, batch_stats):
     logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
                             rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])

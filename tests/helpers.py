@@ -12,6 +12,11 @@ def param_count(model, image_size: int = 299) -> int:
   return sum(x.size for x in jax.tree.leaves(variables['params']))
 
 
+def variable_shapes(model, image_size=None):
+  """The shapes of `model`'s variables, as a tree like its variables, without allocating them."""
+  return jax.tree.map(jnp.shape, tree.variable_template(model, image_size))
+
+
 def init(model, image_size: int, batch: int = 2, seed: int = 0):
   """Real variables for `model` at `image_size`."""
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)

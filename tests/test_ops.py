@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from helpers import random_variables, train_gradients
+from helpers import random_variables, train_gradients, variable_shapes
 from xception_jax import models
 from xception_jax.models import ops
 from xception_jax.models import registry
@@ -207,8 +207,7 @@ def test_fast_forms_match_reference_in_training(name, size, options, dtype, tol)
                            **{k: 'xla' for k in ('depthwise_impl', 'conv_impl') if k in options})
     # Numpy-made variables: initialising two float64 models op by op took 16 s.
     variables = jax.tree.map(lambda v: v.astype(dtype), random_variables(reference, size))
-    assert (jax.tree.map(jnp.shape, tree.variable_template(fast, size)) ==
-            jax.tree.map(jnp.shape, variables))
+    assert variable_shapes(fast, size) == jax.tree.map(jnp.shape, variables)
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), dtype, -1, 1)
     assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
                  tol=tol)

@@ -4,9 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import init, param_count, random_variables, train_gradients
+from helpers import init, param_count, random_variables, train_gradients, variable_shapes
 from xception_jax import models
-from xception_jax.weights import tree
 
 XCEPTION = 22_855_952          # Paper Table 3 = Keras trainable count = timm legacy_xception.
 XCEPTION_NO_TOP = 20_806_952   # Keras Xception(include_top=False) trainable count.
@@ -175,8 +174,7 @@ def test_remat_keeps_parameters_values_and_gradients():
   model = models.create_model('xception', num_classes=5, **TINY)
   rematerialised = model.clone(remat=True)
   variables = random_variables(model, 71)
-  assert (jax.tree.map(jnp.shape, tree.variable_template(rematerialised, 71)) ==
-          jax.tree.map(jnp.shape, variables))
+  assert variable_shapes(rematerialised, 71) == jax.tree.map(jnp.shape, variables)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
   got, want = (train_gradients(m, variables, x) for m in (rematerialised, model))
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

@@ -488,7 +488,7 @@ def _max_pool_bwd(window, strides, padding, x, g):
     first = jnp.where(later, jnp.array(t, index_dtype), first)
   # Each input element reads the winning tap of up to ⌈kh/sh⌉·⌈kw/sw⌉ windows
   # (4 for 3×3 stride 2); stored once, the window maxima are not searched again
-  # for every read (the gradient of a 3×3/2 pool took half the time in tests).
+  # for every read (a 3×3/2 pool's gradient in half the time: benchmarks/RESULTS.md).
   first = stored(first)
   zero = jnp.array(0, g.dtype)
   values = {(i, j): jnp.where(first == t, g, zero) for t, (i, j, _) in enumerate(taps)}
@@ -497,7 +497,6 @@ def _max_pool_bwd(window, strides, padding, x, g):
 
 
 shifted_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
 
 
 def _channel_sums(*arrays: jnp.ndarray) -> tuple:

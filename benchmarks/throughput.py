@@ -86,6 +86,48 @@ def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> dict[str, 
               fault_mib_per_step=faults * resource.getpagesize() / 2**20 / max(repeats, 1))
 
 
+def trace_step(step: Callable[[], Any], hlo_text: str, trace_dir: str, stem: str) -> None:
+  """Profiles one `step` and writes `stem`.ops.json (time per XLA operation) and .hlo.txt.gz.
+
+  ops.json maps each profiler track ('process/thread') to [name, total µs,
+  count] rows, slowest first; on a GPU the device's track names every
+  kernel's HLO operation, which the compiled HLO text explains.
+  """
+  import collections
+  import glob
+  import gzip
+  import tempfile
+
+  import jax
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      step()
+    events = []
+    for path in glob.glob(os.path.join(tmp, '**', '*.trace.json.gz'), recursive=True):
+      with gzip.open(path) as f:
+        trace = json.load(f)
+      events += trace['traceEvents'] if isinstance(trace, dict) else trace
+  names = {}
+  for e in events:
+    if e.get('ph') == 'M' and e.get('name') in ('process_name', 'thread_name'):
+      names[(e['pid'], e.get('tid') if e['name'] == 'thread_name' else None)] = e['args']['name']
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X':
+      track = f"{names.get((e['pid'], None), e['pid'])}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}"
+      key = (track, (e.get('args') or {}).get('hlo_op') or e['name'])
+      total[key] += e.get('dur', 0)
+      count[key] += 1
+  tracks: dict[str, list] = collections.defaultdict(list)
+  for (track, name), us in total.most_common():
+    tracks[track].append([name, us, count[(track, name)]])
+  os.makedirs(trace_dir, exist_ok=True)
+  with open(os.path.join(trace_dir, stem + '.ops.json'), 'w') as f:
+    json.dump(tracks, f)
+  with gzip.open(os.path.join(trace_dir, stem + '.hlo.txt.gz'), 'wt') as f:
+    f.write(hlo_text)
+
+
 def _peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB.
 
@@ -150,6 +192,10 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   def per_image(key, unit):
     return cost[key] / unit / args.batch if cost.get(key) else None
 
+  if args.trace_dir:   # After the result is printed: a failing profiler cannot lose it.
+    _AFTER_RESULT.append(lambda: trace_step(
+        step, compiled.as_text(), args.trace_dir,
+        f'{args.model}_{args.mode}_b{args.batch}_{args.name}'))
   return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib(),
               xla_temp_mib_per_image=None if temp is None else temp / 2**20 / args.batch,
               device_peak_mib=stats['peak_bytes_in_use'] / 2**20
@@ -221,6 +267,11 @@ def worker_keras(args) -> dict[str, Any]:
   return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib())
 
 
+# Work a worker does after printing its result (profiling), so that a failure
+# or a time limit there cannot lose the measurement.
+_AFTER_RESULT: list[Callable[[], None]] = []
+
+
 def run_worker(args) -> None:
   framework = args.worker
   if framework == 'ours':
@@ -230,6 +281,11 @@ def run_worker(args) -> None:
   else:
     result = worker_keras(args)
   print('RESULT ' + json.dumps(result), flush=True)
+  for extra in _AFTER_RESULT:
+    try:
+      extra()
+    except Exception as e:   # An extra (the profile) must not fail the measurement.
+      print(f'{type(e).__name__}: {e}', file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,9 +311,11 @@ def installed(module: str) -> bool:
 
 
 def measure(args, framework: str, model: str, batch: int, mode: str,
-            options: Optional[dict] = None, flags: str = '') -> Optional[dict[str, Any]]:
+            options: Optional[dict] = None, flags: str = '',
+            name: str = '') -> Optional[dict[str, Any]]:
   """Runs one worker; its result dict, or None (with the reason printed) if it failed."""
   command = [sys.executable, '-m', 'benchmarks.throughput', f'--worker={framework}',
+             f'--name={name or framework}', f'--trace-dir={args.trace_dir or ""}',
              f'--model={model}', f'--batch={batch}', f'--mode={mode}',
              f'--image-size={args.image_size}', f'--dtype={args.dtype}',
              f'--warmup={args.warmup}', f'--repeats={args.repeats}',
@@ -266,10 +324,22 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
   if flags:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-  for line in proc.stdout.splitlines():
+  try:
+    proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                          timeout=args.worker_timeout)
+    stdout = proc.stdout
+  except subprocess.TimeoutExpired as e:   # It may have measured before the limit.
+    print(f'  {framework} {model}: over --worker-timeout={args.worker_timeout} s',
+          file=sys.stderr)
+    stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ''
+    proc = subprocess.CompletedProcess(command, 'timeout', stdout, '')
+  for line in stdout.splitlines():
     if line.startswith('RESULT '):
-      return json.loads(line[len('RESULT '):])
+      result = json.loads(line[len('RESULT '):])
+      # Printed at once, so a run cut short still shows what it measured.
+      print(f'  {name or framework}: {batch / statistics.median(result["times"]):.2f} images/s, '
+            f'compile {result["compile_s"]:.1f} s', file=sys.stderr)
+      return result
   tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
   print(f'  {framework} {model} failed (exit {proc.returncode}): {" | ".join(tail)}',
         file=sys.stderr)
@@ -365,10 +435,16 @@ def main(argv=None) -> None:
                       help='device memory TB/s for the roofline (default: PEAKS by device)')
   parser.add_argument('--env', action='append', default=[],
                       help='NAME=VALUE for every framework\'s process; repeatable')
+  parser.add_argument('--worker-timeout', type=float, default=None,
+                      help='seconds after which one framework\'s measurement is abandoned')
+  parser.add_argument('--trace-dir', default='',
+                      help='profile one step of each of our variants; per-operation times '
+                           'and the compiled HLO are written here')
   parser.add_argument('--no-record', action='store_true', help='do not append to RESULTS.md')
   parser.add_argument('--note', default='', help='a line recorded with the results')
   parser.add_argument('--worker', choices=FRAMEWORKS, help=argparse.SUPPRESS)
   parser.add_argument('--options', default='{}', help=argparse.SUPPRESS)
+  parser.add_argument('--name', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   try:
     args.env = parse_env(args.env)
@@ -378,6 +454,8 @@ def main(argv=None) -> None:
     args.batch = int(args.batch)
     return run_worker(args)
 
+  if args.trace_dir:
+    args.trace_dir = os.path.abspath(args.trace_dir)   # Workers run in the project root.
   variants = [parse_variant(v) for v in (args.ours or ['ours'])]
   peers = [p for p in args.peers.split(',') if p]
   available = {'timm': installed('timm') and installed('torch'),
@@ -394,9 +472,10 @@ def main(argv=None) -> None:
                  if available.get(p) and PEERS.get(model, (None, None))[p == 'keras'] is not None]
         results: dict[str, list[dict]] = {name: [] for name, *_ in jobs}
         for _ in range(args.rounds):
-          for name, framework, options, flags in jobs:
+          # Peers first: a run cut short (a time limit) keeps the baseline it compares with.
+          for name, framework, options, flags in sorted(jobs, key=lambda j: j[1] == 'ours'):
             print(f'measuring {model} batch {batch} {mode}: {name} ...', file=sys.stderr)
-            result = measure(args, framework, model, batch, mode, options, flags)
+            result = measure(args, framework, model, batch, mode, options, flags, name)
             if result:
               results[name].append(result)
         rows += summarize(model, batch, mode, args.dtype, results,

@@ -1,4 +1,7 @@
 """The benchmark commands run end to end and record what they measured (no timing asserted)."""
+import gzip
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +17,13 @@ def run(*args):
 
 
 @pytest.mark.long
-def test_throughput_prints_a_row_per_variant():
+def test_throughput_prints_a_row_per_variant(tmp_path):
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
             '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1', '--peak-tflops=1', '--peak-tbps=0.01',
             '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
-            '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"')
+            '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"',
+            f'--trace-dir={tmp_path}')
   rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
   assert [(r[3].strip(), r[5].strip()) for r in rows] == [
       ('train', 'tiny'), ('train', 'tiny-bn'), ('infer', 'tiny'), ('infer', 'tiny-bn')]
@@ -33,6 +37,24 @@ def test_throughput_prints_a_row_per_variant():
     assert fraction == pytest.approx(float(r[6]) / bound, rel=0.01, abs=1e-3)
   train_gflop, infer_gflop = float(rows[0][14].split(',')[0]), float(rows[2][14].split(',')[0])
   assert 2 < train_gflop / infer_gflop < 4          # backward ≈ twice the forward FLOPs
+  # One profiled step per variant and mode: per-operation times and the compiled HLO.
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      f'xception_{mode}_b2_{name}.{kind}' for mode in ('train', 'infer')
+      for name in ('tiny', 'tiny-bn') for kind in ('ops.json', 'hlo.txt.gz'))
+  tracks = json.loads((tmp_path / 'xception_train_b2_tiny.ops.json').read_text())
+  timed_ops = {name for rows in tracks.values() for name, us, count in rows if us > 0}
+  with gzip.open(tmp_path / 'xception_train_b2_tiny.hlo.txt.gz', 'rt') as f:
+    hlo = f.read()
+  assert hlo.startswith('HloModule')
+  fusions = set(re.findall(r'%(\S*fusion\S*) = ', hlo))
+  assert timed_ops & fusions                         # the profile names the HLO's operations
+
+
+def test_device_ceilings_prints_the_roofline_flags():
+  out = run('benchmarks.device_ceilings', '--matmul=128', '--copy-mib=4', '--repeats=2')
+  flags = out.splitlines()[-1].split()
+  assert [f.split('=')[0] for f in flags] == ['--peak-tflops', '--peak-tbps']
+  assert all(float(f.split('=')[1]) > 0 for f in flags)
 
 
 def test_roofline_is_the_slower_bound_and_peaks_follow_the_device():

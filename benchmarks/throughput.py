@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import statistics
@@ -340,9 +341,11 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
       print(f'  {name or framework}: {batch / statistics.median(result["times"]):.2f} images/s, '
             f'compile {result["compile_s"]:.1f} s', file=sys.stderr)
       return result
-  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-  print(f'  {framework} {model} failed (exit {proc.returncode}): {" | ".join(tail)}',
-        file=sys.stderr)
+  lines = (proc.stderr or proc.stdout).strip().splitlines()
+  # A crash's own message (an XLA check, a Python error) comes before its stack trace.
+  cause = [line for line in lines[:-3] if re.search(r'Check failed|Error|error:|^F\d{4}', line)]
+  print(f'  {framework} {model} failed (exit {proc.returncode}): '
+        f'{" | ".join(cause[:1] + lines[-3:])}', file=sys.stderr)
   return None
 
 
@@ -531,8 +534,8 @@ def format_table(rows) -> str:
             if r['gflop_per_image'] and r['gb_per_image'] else '')
     bound = r['roofline'] and '{:.1f} ({:.3f}, {})'.format(*r['roofline'])
     lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {r['name']} "
-                 f"| {r['images_s']:.2f} | {r['step_s']:.2f} ({r['spread'][0]:.2f}–"
-                 f"{r['spread'][1]:.2f}) | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} "
+                 f"| {r['images_s']:.2f} | {r['step_s']:.3g} ({r['spread'][0]:.3g}–"
+                 f"{r['spread'][1]:.3g}) | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} "
                  f"| {per_image} | {r['fault_mib']:.0f} | {ratios} | {device} | {cost} "
                  f"| {bound or ''} |")
   return '\n'.join(lines)

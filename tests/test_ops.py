@@ -207,13 +207,25 @@ def test_impl_names_are_checked_and_auto_is_per_backend():
   assert ops.resolve_impl('pointwise', 'auto', 'cpu') == 'dot'
   assert ops.resolve_impl('conv', 'auto', 'cpu') == 'xla'
   assert ops.resolve_impl('pool', 'auto', 'cpu') == 'shifted'
-  assert ops.resolve_impl('depthwise', 'auto', 'gpu') == 'xla'
-  assert ops.resolve_impl('conv', 'auto', 'gpu') == 'xla'
+  for kind in ('depthwise', 'pointwise', 'conv', 'pool', 'norm'):   # Measured on an H200.
+    assert ops.resolve_impl(kind, 'auto', 'gpu') == 'xla'
   assert ops.resolve_impl('depthwise', 'xla', 'cpu') == 'xla'
   assert ops.conv_general_dilated_fn('xla', 'xla', 'xla') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="Unknown depthwise_impl 'fast'"):
     models.create_model('xception', depthwise_impl='fast', **TINY).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 71, 71, 3)))
+
+
+def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog):
+  ops._warn_once.cache_clear()
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  ops.conv_general_dilated_fn('shifted', 'xla', 'xla')
+  ops.conv_general_dilated_fn('xla', 'dot', 'xla')
+  assert not caplog.records
+  ops.conv_general_dilated_fn('shifted', 'dot', 'xla')
+  ops.conv_general_dilated_fn('shifted', 'dot', 'im2col')
+  assert [r.getMessage().split(' made ')[0] for r in caplog.records] == [
+      "depthwise_impl='shifted' with pointwise_impl='dot'"]
 
 
 @pytest.mark.parametrize('name, size, options, dtype, tol', [

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+
+from benchmarks.device_ceilings import median_seconds
 
 # Xception's separable convs at 299×299: (spatial size, in channels, out channels, count).
 XCEPTION_SEPARABLE = ((147, 64, 128, 1), (147, 128, 128, 1), (74, 128, 256, 1),
@@ -107,16 +107,6 @@ def xla_separable_conv(x: jax.Array, depthwise_kernel: jax.Array,
   return lax.conv_general_dilated(y, pointwise_kernel, (1, 1), 'SAME', dimension_numbers=numbers)
 
 
-def _median_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
-
-
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=128)
@@ -144,8 +134,8 @@ def main(argv=None) -> None:
     exact = xla_separable_conv(*(a.astype(jnp.float32) for a in (x, dw, pw)))
     error = float(jnp.linalg.norm(fused(x, dw, pw).astype(jnp.float32) - exact)
                   / jnp.linalg.norm(exact))
-    xla_ms = _median_ms(reference, x, dw, pw, repeats=args.repeats)
-    fused_ms = _median_ms(fused, x, dw, pw, repeats=args.repeats)
+    xla_ms = 1e3 * median_seconds(lambda: reference(x, dw, pw), args.repeats)
+    fused_ms = 1e3 * median_seconds(lambda: fused(x, dw, pw), args.repeats)
     totals[0] += count * xla_ms
     totals[1] += count * fused_ms
     print(f'| {size} | {c} | {features} | {count} | {xla_ms:.3f} | {fused_ms:.3f} '

@@ -26,6 +26,10 @@ adds variants of our model (`name:option=value,...`, optionally
 `@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`;
 the option `compiler_options=none` compiles without `ops.compiler_options(model=...)`,
 which our steps use otherwise.
+`--trace-dir DIR` profiles one step of each of our variants after timing it
+(time per XLA operation and the compiled HLO, for finding where a step's time
+goes); `--worker-timeout` abandons a framework that takes longer, keeping
+what the others measured.
 `--env NAME=VALUE` sets an environment variable for every framework alike,
 e.g. `--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages
 for malloc, which all of them use for activations).
@@ -115,7 +119,8 @@ def trace_step(step: Callable[[], Any], hlo_text: str, trace_dir: str, stem: str
   total, count = collections.Counter(), collections.Counter()
   for e in events:
     if e.get('ph') == 'X':
-      track = f"{names.get((e['pid'], None), e['pid'])}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}"
+      process = names.get((e['pid'], None), e['pid'])
+      track = f"{process}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}"
       key = (track, (e.get('args') or {}).get('hlo_op') or e['name'])
       total[key] += e.get('dur', 0)
       count[key] += 1

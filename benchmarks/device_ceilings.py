@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.throughput import time_steps
+
 
 def median_seconds(fn: Callable[[], jax.Array], repeats: int) -> float:
   """Median wall time of `fn()` until its result is ready, after one warm-up call."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  timed = time_steps(lambda: jax.block_until_ready(fn()), warmup=1, repeats=repeats)
+  return statistics.median(timed['times'])
 
 
 def copy_tbps(mib: int, repeats: int) -> float:

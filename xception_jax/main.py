@@ -4,7 +4,7 @@ import logging as python_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xception_jax import evaluate, train
+from xception_jax import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -19,9 +19,14 @@ def quiet_checkpoint_logs() -> None:
 
 
 def main(argv):
+  # Imported here, not above: JAX and TensorFlow take seconds to import, and
+  # the process may have re-executed itself (host_memory) before this point.
+  from xception_jax import evaluate, train
+
   quiet_checkpoint_logs()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.info('malloc huge pages: %s', host_memory.describe())
   run = evaluate.evaluate_only if _CONFIG.value.eval_only else train.train_and_evaluate
   try:
     run(_CONFIG.value, _WORKDIR.value)
@@ -30,4 +35,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
   app.run(main)

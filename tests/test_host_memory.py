@@ -1,0 +1,65 @@
+"""The main job asks glibc's malloc for huge pages where the machine allows it, and only there."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xception_jax import host_memory
+
+ON = 'glibc.malloc.hugetlb=1'
+
+
+@pytest.mark.parametrize('environ, libc, mode, tunables, reason', [
+    ({}, (2, 36), 'madvise', ON, 'on: '),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, (2, 35), 'madvise',
+     'glibc.malloc.arena_max=2:' + ON, 'on: '),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, (2, 36), 'madvise', None, 'as set: '),
+    ({}, (2, 34), 'madvise', None, 'off: needs glibc 2.35'),
+    ({}, None, 'madvise', None, 'off: needs glibc 2.35'),
+    ({}, (2, 36), 'always', None, 'left to the kernel: transparent huge pages always'),
+    ({}, (2, 36), 'never', None, 'left to the kernel: transparent huge pages never'),
+    ({}, (2, 36), None, None, 'left to the kernel: transparent huge pages unknown'),
+])
+def test_environment_adds_the_tunable_only_where_it_helps(environ, libc, mode, tunables, reason):
+  env, why = host_memory.huge_page_environment({'PATH': '/bin', **environ}, libc, mode)
+  assert why.startswith(reason)
+  if tunables is None:
+    assert env is None
+  else:
+    assert env == {'PATH': '/bin', 'GLIBC_TUNABLES': tunables}
+
+
+@pytest.mark.parametrize('text, mode', [
+    ('always [madvise] never\n', 'madvise'), ('[always] madvise never\n', 'always'),
+    ('always madvise [never]\n', 'never'), ('garbled\n', None)])
+def test_thp_mode_reads_the_bracketed_choice(tmp_path, text, mode):
+  path = tmp_path / 'enabled'
+  path.write_text(text)
+  assert host_memory.thp_mode(str(path)) == mode
+  assert host_memory.thp_mode(str(tmp_path / 'missing')) is None
+
+
+def test_glibc_version_is_read_from_the_running_c_library():
+  version = host_memory.glibc_version()
+  if os.confstr('CS_GNU_LIBC_VERSION').startswith('glibc '):
+    assert version is not None and version >= (2, 17)
+  else:
+    assert version is None
+
+
+def test_the_main_job_runs_with_huge_pages_where_this_machine_allows_them(tmp_path):
+  environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  expected, why = host_memory.huge_page_environment(
+      environ, host_memory.glibc_version(), host_memory.thp_mode())
+  # A bad model name ends the job right after its start-up log.
+  result = subprocess.run(
+      [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path}', '--config.model=nope', f'--config.data_dir={tmp_path}'],
+      capture_output=True, text=True, timeout=300, env=environ)
+  assert result.returncode == 1, result.stderr[-2000:]
+  line = next(l for l in result.stderr.splitlines() if 'malloc huge pages:' in l)
+  if expected is None:
+    assert line.endswith(why)
+  else:   # The re-executed process found the tunable its first start added.
+    assert line.endswith(f'as set: GLIBC_TUNABLES={expected["GLIBC_TUNABLES"]}')

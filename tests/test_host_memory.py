@@ -63,3 +63,22 @@ def test_the_main_job_runs_with_huge_pages_where_this_machine_allows_them(tmp_pa
     assert line.endswith(why)
   else:   # The re-executed process found the tunable its first start added.
     assert line.endswith(f'as set: GLIBC_TUNABLES={expected["GLIBC_TUNABLES"]}')
+
+
+def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypatch):
+  calls = []
+
+  def fake_execve(path, argv, env):
+    calls.append((path, argv, env['GLIBC_TUNABLES']))
+    raise OSError('exec refused')
+
+  monkeypatch.setattr(host_memory, 'glibc_version', lambda: (2, 36))
+  monkeypatch.setattr(host_memory, 'thp_mode', lambda: 'madvise')
+  monkeypatch.setattr(host_memory.os, 'execve', fake_execve)
+  monkeypatch.setattr(host_memory.sys, 'orig_argv', ['python3', '-m', 'xception_jax.main', '--x=1'])
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  host_memory.reexec_with_huge_pages()   # Returns: the job runs as is.
+  assert calls == [(sys.executable, [sys.executable, '-m', 'xception_jax.main', '--x=1'], ON)]
+  monkeypatch.setenv('GLIBC_TUNABLES', ON)
+  host_memory.reexec_with_huge_pages()   # The second start finds the tunable: no exec.
+  assert len(calls) == 1

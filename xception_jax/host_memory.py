@@ -64,8 +64,11 @@ def reexec_with_huge_pages() -> None:
   and open files, and the second start finds the tunable and returns.
   """
   environ, _ = huge_page_environment(os.environ, glibc_version(), thp_mode())
-  if environ is None:
+  if environ is None or not sys.executable:   # Embedded interpreters cannot start anew.
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+  try:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+  except OSError:   # Running as is beats not running.
+    return

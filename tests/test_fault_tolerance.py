@@ -90,15 +90,15 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
 
 
 def inject_nan_at(monkeypatch, step):
-  """Makes the `step`-th global batch contain a NaN pixel."""
+  """Makes the `step`-th global batch contain a NaN pixel (one step per call)."""
   real, calls = sharding.global_batch, {'n': 0}
 
-  def global_batch(batch, mesh):
+  def global_batch(batch, mesh, **kwargs):
     calls['n'] += 1
     if calls['n'] == step:
       batch = dict(batch, image=batch['image'].copy())
-      batch['image'][0, 0, 0, 0] = np.nan
-    return real(batch, mesh)
+      batch['image'].reshape(-1)[0] = np.nan
+    return real(batch, mesh, **kwargs)
 
   monkeypatch.setattr(train.sharding, 'global_batch', global_batch)
 

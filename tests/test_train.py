@@ -69,6 +69,40 @@ def test_resume_is_bitwise_exact(tmp_path):
   assert Checkpoints(tmp_path / 'resumed' / 'checkpoints').steps() == [3, 4, 6]
 
 
+@pytest.mark.long
+def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch):
+  root = make_image_folder(tmp_path / 'data', classes=4, per_class=8)  # 32 images, 4 steps/epoch.
+  setup = train.Setup(tiny_config(dataset=f'folder:{root}', total_steps=40, steps_per_call=4,
+                                  log_every_steps=15, checkpoint_every_steps=20))
+  lengths, step = [], 0
+  while step < setup.num_steps:
+    lengths.append(setup.call_length(step))
+    step += lengths[-1]
+  # Calls end at steps 15 (log), 20 (checkpoint), 30 (log) and 40 (checkpoint, end).
+  assert lengths == [4, 4, 4, 3, 4, 1, 4, 4, 2, 4, 4, 2]
+  # Global BN: per-device BN over one example each would amplify rounding chaotically.
+  config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=3,
+                       log_every_steps=2, checkpoint_every_steps=2, batch_norm='global')
+  compiled_lengths = []
+  train_steps = train.Setup.train_steps
+  monkeypatch.setattr(train.Setup, 'train_steps', lambda self, abstract, n: (
+      compiled_lengths.append(n), train_steps(self, abstract, n))[1])
+  runs = {}
+  for steps_per_call in (1, 2):   # 2: a call of two steps, then one of the last step.
+    config.steps_per_call = steps_per_call
+    runs[steps_per_call] = train.train_and_evaluate(config, str(tmp_path / str(steps_per_call)))
+  assert compiled_lengths == [1, 2, 1]
+  assert runs[2] == pytest.approx(runs[1], rel=1e-5, abs=1e-6)
+  logged = {n: read_metrics(tmp_path / str(n)) for n in runs}
+  assert [r['step'] for r in logged[2]] == [r['step'] for r in logged[1]] == [2, 3]
+  for one, several in zip(logged[1], logged[2]):
+    for key in ('train/loss', 'train/accuracy', 'train/grad_norm', 'train/learning_rate'):
+      assert several[key] == pytest.approx(one[key], rel=1e-5), key
+  final = [Checkpoints(tmp_path / str(n) / 'checkpoints').restore_arrays(3) for n in runs]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *final)
+  assert Checkpoints(tmp_path / '2' / 'checkpoints').steps() == [2, 3]
+
+
 def test_fine_tuning_from_converted_weights_with_other_classes(tmp_path):
   pretrained_model = models.create_model('xception', num_classes=7, width_multiplier=0.25,
                                          middle_flow_repeats=1)
@@ -109,6 +143,7 @@ def test_eval_only_on_converted_weights_and_on_a_checkpoint(tmp_path):
     (dict(dataset='no_such_dataset_abc'), "Unknown dataset 'no_such_dataset_abc'"),
     (dict(image_size=64), 'image_size 64 is below the minimum of xception'),
     (dict(batch_norm='local'), "batch_norm must be 'device' or 'global'"),
+    (dict(steps_per_call=0), 'steps_per_call must be a positive integer, got 0'),
 ])
 def test_bad_configs_fail_with_clear_messages(tmp_path, overrides, message):
   root = make_image_folder(tmp_path / 'data', classes=2, per_class=8, splits=('train',))

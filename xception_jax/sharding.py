@@ -25,9 +25,10 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the devices."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+def data_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """The batch dimension split over the devices: the leading one, or the second of
+  `stacked` batches (several steps' batches along a leading axis)."""
+  return NamedSharding(mesh, P(None, DATA_AXIS) if stacked else P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -56,7 +57,9 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
   return jax.tree_util.tree_map_with_path(lambda path, _: spec_for(path), abstract_state)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles per-process numpy batches into global arrays sharded over 'data'."""
-  sharding = data_sharding(mesh)
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
+                 stacked: bool = False) -> dict[str, jax.Array]:
+  """Assembles per-process numpy batches (`stacked`: several steps' batches along a
+  leading axis) into global arrays sharded over 'data'."""
+  sharding = data_sharding(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -55,6 +55,8 @@ class Setup:
     self.model = build_model(config, self.source.num_classes)
     self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
     self.tx = optim.optimizer(config, self.schedule)
+    if not isinstance(config.steps_per_call, int) or config.steps_per_call < 1:
+      raise ValueError(f'steps_per_call must be a positive integer, got {config.steps_per_call!r}.')
     if config.nonfinite_steps not in ('stop', 'skip'):
       raise ValueError(f"nonfinite_steps must be 'stop' or 'skip', got {config.nonfinite_steps!r}.")
     if self.source.multilabel and config.label_smoothing:
@@ -97,14 +99,26 @@ class Setup:
                    out_shardings=shardings)
     return init(jax.random.PRNGKey(self.config.seed), pretrained)
 
-  def train_step(self, abstract: TrainState):
-    """The jitted training step: state replicated by rule, batch split over devices."""
+  def train_steps(self, abstract: TrainState, num_steps: int):
+    """`num_steps` jitted training steps in one call, on their batches stacked along a
+    leading axis: state placed by rule, batches split over devices, metrics stacked."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     step = functools.partial(steps.train_step, model=self.model, tx=self.tx,
                              schedule=self.schedule, config=self.step_config)
-    return jax.jit(step, in_shardings=(shardings, sharding.data_sharding(self.mesh)),
+    return jax.jit(steps.unrolled(step, num_steps),
+                   in_shardings=(shardings, sharding.data_sharding(self.mesh, stacked=True)),
                    out_shardings=(shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0, compiler_options=models.compiler_options(model=self.model))
+
+  def call_length(self, step: int) -> int:
+    """Steps in the call that follows `step`: up to `steps_per_call`, ending early at the
+    end of training and wherever logging, evaluation or a checkpoint is due."""
+    c = self.config
+    length = min(c.steps_per_call, self.num_steps - step)
+    for every in (c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps):
+      if every:
+        length = min(length, every - step % every)
+    return length
 
   def train_stream(self) -> pipeline.TrainStream:
     c = self.config
@@ -193,13 +207,13 @@ def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
     state = setup.init_state(abstract)
   if is_main:
     write_run_files(workdir_path, config, setup)
-  train_step = setup.train_step(abstract)
+  train_calls = {}  # Steps per call → its jitted function (at most steps_per_call of them).
   evaluator = Evaluator(setup.model, setup.source, config, setup.mesh)
   start = int(jax.device_get(state.step))
   batches = setup.train_stream().batches(start)
   progress = Progress(setup.num_steps, config.batch_size, start)
   started = time.monotonic()
-  records = []  # (step, device metrics) since the last report.
+  records = []  # (first step, device metrics stacked over the call's steps) since the last report.
 
   def evaluate(step):
     results = evaluator({'': state.variables(), '_ema': state.variables(ema=True)})
@@ -211,7 +225,9 @@ def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
     return results
 
   def report(step):
-    fetched = jax.device_get(records)
+    fetched = [(first + i, {k: v[i] for k, v in metrics.items()})
+               for first, metrics in jax.device_get(records)
+               for i in range(len(metrics['loss']))]
     records.clear()
     skipped = check_finite(config, fetched, checkpoints.latest())
     train_metrics = {**mean_metrics(fetched), **progress.update(step)}
@@ -221,9 +237,17 @@ def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
     if is_main:
       logging.info('%s', progress_line(step, setup.num_steps, train_metrics))
 
-  for step in range(start + 1, setup.num_steps + 1):
-    state, metrics = train_step(state, sharding.global_batch(next(batches), setup.mesh))
-    records.append((step, metrics))
+  step = start
+  while step < setup.num_steps:
+    length = setup.call_length(step)
+    if length not in train_calls:
+      train_calls[length] = setup.train_steps(abstract, length)
+    local = [next(batches) for _ in range(length)]
+    stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
+    state, metrics = train_calls[length](state, sharding.global_batch(stacked, setup.mesh,
+                                                                      stacked=True))
+    records.append((step + 1, metrics))
+    step += length
     stop = watcher.should_stop(step)
     checkpoint_due = stop or (config.checkpoint_every_steps and
                               step % config.checkpoint_every_steps == 0)

@@ -25,7 +25,8 @@ Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
 `@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`;
 the option `compiler_options=none` compiles without `ops.compiler_options(model=...)`,
-which our steps use otherwise.
+which our steps use otherwise, and `steps_per_call=N` runs N steps per jitted call
+as the training loop's option of that name does (times are still per step).
 `--trace-dir DIR` profiles one step of each of our variants after timing it
 (time per XLA operation and the compiled HLO, for finding where a step's time
 goes); `--worker-timeout` abandons a framework that takes longer, keeping
@@ -142,11 +143,12 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
   import optax
-  from xception_jax import models
+  from xception_jax import models, steps
   from xception_jax.models import ops
 
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
   use_options = options.pop('compiler_options', '') != 'none'
+  steps_per_call = int(options.pop('steps_per_call', 1))
   model = models.create_model(args.model, dtype=dtype, **options)
   compiler_options = ops.compiler_options(model=model) if use_options else {}
   key = jax.random.PRNGKey(0)
@@ -155,29 +157,34 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   labels = jnp.arange(args.batch) % 1000
   variables = jax.jit(lambda: model.init(key, x[:1], train=False))()
   if args.mode == 'infer':
-    step_fn = jax.jit(lambda variables, x: model.apply(variables, x, train=False),
-                      compiler_options=compiler_options)
-    state = (variables,)
+    def step_fn(state, batch):
+      return state, model.apply(state, batch[0], train=False)
+
+    state = variables
   else:
     tx = optax.sgd(0.01, momentum=0.9)
 
-    def train_step(params, batch_stats, opt_state, x, labels):
+    def step_fn(state, batch):
+      params, batch_stats, opt_state = state
       def loss_fn(params):
-        logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, x,
+        logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0],
                                       train=True, rngs={'dropout': key},
                                       mutable=['batch_stats'])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
         return loss, updates['batch_stats']
       (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+      return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
-    # Donation lets XLA update parameters, statistics and momenta in place.
-    step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2), compiler_options=compiler_options)
     state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-  inputs = (x,) if args.mode == 'infer' else (x, labels)
+  # `steps_per_call` steps (the training loop's option) on the same batch, stacked; in
+  # training, donation lets XLA update parameters, statistics and momenta in place.
+  run = jax.jit(steps.unrolled(step_fn, steps_per_call),
+                donate_argnums=0 if args.mode == 'train' else (), compiler_options=compiler_options)
+  inputs = jax.tree.map(lambda a: jnp.broadcast_to(a, (steps_per_call, *a.shape)),
+                        (x,) if args.mode == 'infer' else (x, labels))
   start = time.perf_counter()
-  compiled = step_fn.lower(*state, *inputs).compile()
+  compiled = run.lower(state, inputs).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -185,18 +192,20 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
 
   def step():
     nonlocal state
-    out = compiled(*state, *inputs)
+    out = compiled(state, inputs)
     if args.mode == 'train':
-      state = out[:3]
+      state = out[0]
     jax.block_until_ready(out)
 
   timed = time_steps(step, args.warmup, args.repeats)
+  timed = dict(times=[t / steps_per_call for t in timed['times']],   # Per step, not per call.
+               fault_mib_per_step=timed['fault_mib_per_step'] / steps_per_call)
   temp = getattr(memory, 'temp_size_in_bytes', None)
   device = jax.local_devices()[0]
   stats = device.memory_stats() or {}
 
   def per_image(key, unit):
-    return cost[key] / unit / args.batch if cost.get(key) else None
+    return cost[key] / unit / args.batch / steps_per_call if cost.get(key) else None
 
   if args.trace_dir:   # After the result is printed: a failing profiler cannot lose it.
     _AFTER_RESULT.append(lambda: trace_step(

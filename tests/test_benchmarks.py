@@ -1,5 +1,6 @@
 """The benchmark commands run end to end and record what they measured (no timing asserted)."""
 import gzip
+import importlib.util
 import json
 import re
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The benchmark measures timm where it and torch are installed (not in CI).
+TIMM_INSTALLED = all(importlib.util.find_spec(m) for m in ('timm', 'torch'))
 
 
 def run(*args):
@@ -19,14 +22,22 @@ def run(*args):
 @pytest.mark.long
 def test_throughput_prints_a_row_per_variant(tmp_path):
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
-            '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
+            '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=timm', '--no-record',
             '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1', '--peak-tflops=1', '--peak-tbps=0.01',
             '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
             '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"',
+            '--ours=tiny-2:width_multiplier=0.25,middle_flow_repeats=0,steps_per_call=2',
             f'--trace-dir={tmp_path}')
-  rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
-  assert [(r[3].strip(), r[5].strip()) for r in rows] == [
-      ('train', 'tiny'), ('train', 'tiny-bn'), ('infer', 'tiny'), ('infer', 'tiny-bn')]
+  all_rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
+  assert [(r[3].strip(), r[5].strip()) for r in all_rows] == [
+      (mode, name) for mode in ('train', 'infer')
+      for name in ('tiny', 'tiny-bn', 'tiny-2', *(['timm'] if TIMM_INSTALLED else []))]
+  assert all(float(r[6]) > 0 for r in all_rows)      # images/s, timm's where installed
+  by_name = {(r[3].strip(), r[5].strip()): r for r in all_rows}
+  for mode in ('train', 'infer'):   # Two steps per call: the cost is reported per step.
+    per_step = [float(by_name[mode, name][14].split(',')[0]) for name in ('tiny', 'tiny-2')]
+    assert per_step[1] == pytest.approx(per_step[0], rel=0.02)
+  rows = [r for r in all_rows if r[5].strip() in ('tiny', 'tiny-bn')]
   assert all(float(r[6]) > 0 for r in rows)          # images/s
   assert all(float(r[11]) >= 0 for r in rows)        # page faults MiB/step
   for r in rows:   # XLA's cost analysis and the roofline under the given peaks.
@@ -40,7 +51,7 @@ def test_throughput_prints_a_row_per_variant(tmp_path):
   # One profiled step per variant and mode: per-operation times and the compiled HLO.
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       f'xception_{mode}_b2_{name}.{kind}' for mode in ('train', 'infer')
-      for name in ('tiny', 'tiny-bn') for kind in ('ops.json', 'hlo.txt.gz'))
+      for name in ('tiny', 'tiny-bn', 'tiny-2') for kind in ('ops.json', 'hlo.txt.gz'))
   tracks = json.loads((tmp_path / 'xception_train_b2_tiny.ops.json').read_text())
   timed_ops = {name for rows in tracks.values() for name, us, count in rows if us > 0}
   with gzip.open(tmp_path / 'xception_train_b2_tiny.hlo.txt.gz', 'rt') as f:

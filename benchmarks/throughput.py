@@ -177,10 +177,13 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
       return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
     state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-  # `steps_per_call` steps (the training loop's option) on the same batch, stacked; in
-  # training, donation lets XLA update parameters, statistics and momenta in place.
-  run = jax.jit(steps.unrolled(step_fn, steps_per_call),
-                donate_argnums=0 if args.mode == 'train' else (), compiler_options=compiler_options)
+  # `steps_per_call` steps (the training loop's option) on the same batch, stacked.
+  unrolled = steps.unrolled(step_fn, steps_per_call)
+  if args.mode == 'infer':   # Logits only: the variables are not an output.
+    run = jax.jit(lambda state, batches: unrolled(state, batches)[1],
+                  compiler_options=compiler_options)
+  else:   # Donation lets XLA update parameters, statistics and momenta in place.
+    run = jax.jit(unrolled, donate_argnums=0, compiler_options=compiler_options)
   inputs = jax.tree.map(lambda a: jnp.broadcast_to(a, (steps_per_call, *a.shape)),
                         (x,) if args.mode == 'infer' else (x, labels))
   start = time.perf_counter()

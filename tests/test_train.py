@@ -103,6 +103,14 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch
   assert Checkpoints(tmp_path / '2' / 'checkpoints').steps() == [2, 3]
 
 
+def test_stack_batches_adds_a_leading_axis_and_copies_only_several():
+  batches = [{'image': np.full((2, 3), i, np.float32), 'label': np.array([i, i])} for i in range(3)]
+  one = train.stack_batches(batches[:1])
+  assert one['image'].shape == (1, 2, 3) and np.shares_memory(one['image'], batches[0]['image'])
+  several = train.stack_batches(batches)
+  assert several['image'].shape == (3, 2, 3) and several['label'].tolist() == [[0, 0], [1, 1], [2, 2]]
+
+
 def test_fine_tuning_from_converted_weights_with_other_classes(tmp_path):
   pretrained_model = models.create_model('xception', num_classes=7, width_multiplier=0.25,
                                          middle_flow_repeats=1)

@@ -156,6 +156,13 @@ def check_finite(config: ml_collections.ConfigDict, records: list[tuple[int, dic
   return bad
 
 
+def stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """The batches along a new leading axis; one batch as a view, without a copy."""
+  if len(batches) == 1:
+    return {k: v[None] for k, v in batches[0].items()}
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
 def headline(results: dict[str, float], top_k: int) -> str:
   """The final evaluation in words: top-1/top-5, or MAP@k and per-class mAP (multi-label)."""
   if 'top1_ema' in results:
@@ -242,8 +249,7 @@ def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
     length = setup.call_length(step)
     if length not in train_calls:
       train_calls[length] = setup.train_steps(abstract, length)
-    local = [next(batches) for _ in range(length)]
-    stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
+    stacked = stack_batches([next(batches) for _ in range(length)])
     state, metrics = train_calls[length](state, sharding.global_batch(stacked, setup.mesh,
                                                                       stacked=True))
     records.append((step + 1, metrics))

@@ -74,6 +74,17 @@ def fused_separable_conv(x: jax.Array, depthwise_kernel: jax.Array, pointwise_ke
   accumulated in float32 and rounded to the pointwise kernel's dtype before
   the matrix product, as XLA's separate convs round it when they store it.
   """
+  n, h, w, _ = x.shape
+  blocks = dict(block_m=block_m, block_k=block_k, block_f=block_f)
+  y = fused_kernel_call(*kernel_layout(x, depthwise_kernel, pointwise_kernel, **blocks),
+                        row=w + 2, num_warps=num_warps, interpret=interpret, **blocks)
+  pixels = n * (h + 2) * (w + 2)
+  return y[:pixels].reshape(n, h + 2, w + 2, -1)[:, 1:-1, 1:-1, :pointwise_kernel.shape[-1]]
+
+
+def kernel_layout(x: jax.Array, depthwise_kernel: jax.Array, pointwise_kernel: jax.Array, *,
+                  block_m: int, block_k: int, block_f: int) -> tuple[jax.Array, ...]:
+  """The kernel's operands: padded, flattened input (with margins), (9, C') and (C', F') kernels."""
   n, h, w, c = x.shape
   features = pointwise_kernel.shape[-1]
   row = w + 2
@@ -85,17 +96,24 @@ def fused_separable_conv(x: jax.Array, depthwise_kernel: jax.Array, pointwise_ke
   xp = jnp.pad(xp, ((row + 1, m_total - pixels + row + 1), (0, 0)))
   dw = jnp.pad(depthwise_kernel.reshape(9, c), ((0, 0), (0, c_pad - c))).astype(jnp.float32)
   pw = jnp.pad(pointwise_kernel.reshape(c, features), ((0, c_pad - c), (0, f_pad - features)))
-  f_blocks = f_pad // block_f
+  return xp, dw, pw
+
+
+def fused_kernel_call(xp: jax.Array, dw: jax.Array, pw: jax.Array, *, row: int, block_m: int,
+                      block_k: int, block_f: int, num_warps: int = 4,
+                      interpret: bool = False) -> jax.Array:
+  """The Pallas kernel alone, on `kernel_layout`'s operands: (M', F') outputs, padding pixels too."""
+  m_total = xp.shape[0] - 2 * (row + 1)
+  f_blocks = pw.shape[1] // block_f
   kernel = functools.partial(_kernel, row=row, block_m=block_m, block_k=block_k,
-                             block_f=block_f, f_blocks=f_blocks, k_blocks=c_pad // block_k)
+                             block_f=block_f, f_blocks=f_blocks, k_blocks=pw.shape[0] // block_k)
   compiler_params = None
   if not interpret:
     from jax.experimental.pallas import triton as plt
     compiler_params = plt.CompilerParams(num_warps=num_warps)
-  y = pl.pallas_call(kernel, grid=(f_blocks * (m_total // block_m),),
-                     out_shape=jax.ShapeDtypeStruct((m_total, f_pad), x.dtype),
-                     compiler_params=compiler_params, interpret=interpret)(xp, dw, pw)
-  return y[:pixels].reshape(n, h + 2, row, f_pad)[:, 1:-1, 1:-1, :features]
+  return pl.pallas_call(kernel, grid=(f_blocks * (m_total // block_m),),
+                        out_shape=jax.ShapeDtypeStruct((m_total, pw.shape[1]), xp.dtype),
+                        compiler_params=compiler_params, interpret=interpret)(xp, dw, pw)
 
 
 def xla_separable_conv(x: jax.Array, depthwise_kernel: jax.Array,
@@ -107,41 +125,66 @@ def xla_separable_conv(x: jax.Array, depthwise_kernel: jax.Array,
   return lax.conv_general_dilated(y, pointwise_kernel, (1, 1), 'SAME', dimension_numbers=numbers)
 
 
+def _one_line(error: Exception) -> str:
+  first = next((line for line in str(error).splitlines() if line.strip()), '')
+  return f'{type(error).__name__}: {first[:300]}'
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float32'])
   parser.add_argument('--repeats', type=int, default=20)
-  parser.add_argument('--blocks', default='64,32,128',
-                      help='block_m,block_k,block_f (powers of two)')
+  parser.add_argument('--blocks', action='append', default=None,
+                      help='block_m,block_k,block_f[,num_warps] (powers of two); repeat the '
+                           'flag to compare several (default 64,32,128,4)')
   args = parser.parse_args(argv)
   dtype = jnp.dtype(args.dtype)
   interpret = jax.default_backend() == 'cpu'
-  block_m, block_k, block_f = map(int, args.blocks.split(','))
-  fused = jax.jit(functools.partial(fused_separable_conv, block_m=block_m, block_k=block_k,
-                                    block_f=block_f, interpret=interpret))
+  configs = [tuple(map(int, (b + ',4').split(',')[:4])) for b in args.blocks or ['64,32,128']]
   reference = jax.jit(xla_separable_conv)
-  print(f'{jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, {dtype}, '
-        f'blocks {args.blocks}' + (' (interpreter: values only)' if interpret else ''))
-  print('| H=W | C | F | count | XLA ms | fused ms | XLA ÷ fused | relative error |')
-  print('|---|---|---|---|---|---|---|---|')
-  totals = [0.0, 0.0]
+  print(f'{jax.devices()[0].device_kind}, jax {jax.__version__}, batch {args.batch}, {dtype}'
+        + (' (interpreter: values only)' if interpret else ''))
+  print('"whole": padding, kernel and crop, what a model would run; "kernel": the Pallas '
+        'call alone on operands already in its layout.')
+  print('| blocks (m, k, f, warps) | H=W | C | F | count | XLA ms | whole ms | kernel ms '
+        '| XLA ÷ whole | XLA ÷ kernel | relative error |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|')
+  shapes = []
   for i, (size, c, features, count) in enumerate(XCEPTION_SEPARABLE):
     keys = jax.random.split(jax.random.PRNGKey(i), 3)
     x = jax.random.normal(keys[0], (args.batch, size, size, c), dtype)
     dw = (jax.random.normal(keys[1], (3, 3, 1, c)) / 3).astype(dtype)
     pw = (jax.random.normal(keys[2], (1, 1, c, features)) / c**0.5).astype(dtype)
     exact = xla_separable_conv(*(a.astype(jnp.float32) for a in (x, dw, pw)))
-    error = float(jnp.linalg.norm(fused(x, dw, pw).astype(jnp.float32) - exact)
-                  / jnp.linalg.norm(exact))
     xla_ms = 1e3 * median_seconds(lambda: reference(x, dw, pw), args.repeats)
-    fused_ms = 1e3 * median_seconds(lambda: fused(x, dw, pw), args.repeats)
-    totals[0] += count * xla_ms
-    totals[1] += count * fused_ms
-    print(f'| {size} | {c} | {features} | {count} | {xla_ms:.3f} | {fused_ms:.3f} '
-          f'| {xla_ms / fused_ms:.2f}× | {error:.1e} |')
-  print(f'| all, weighted by count | | | | {totals[0]:.2f} | {totals[1]:.2f} '
-        f'| {totals[0] / totals[1]:.2f}× | |')
+    shapes.append((size, c, features, count, x, dw, pw, exact, xla_ms))
+  for block_m, block_k, block_f, num_warps in configs:
+    blocks = dict(block_m=block_m, block_k=block_k, block_f=block_f)
+    whole = jax.jit(functools.partial(fused_separable_conv, num_warps=num_warps,
+                                      interpret=interpret, **blocks))
+    totals = [0.0, 0.0, 0.0]
+    name = f'{block_m}, {block_k}, {block_f}, {num_warps}'
+    try:
+      for size, c, features, count, x, dw, pw, exact, xla_ms in shapes:
+        error = float(jnp.linalg.norm(whole(x, dw, pw).astype(jnp.float32) - exact)
+                      / jnp.linalg.norm(exact))
+        operands = kernel_layout(x, dw, pw, **blocks)
+        kernel = jax.jit(functools.partial(fused_kernel_call, row=size + 2, num_warps=num_warps,
+                                           interpret=interpret, **blocks))
+        whole_ms = 1e3 * median_seconds(lambda: whole(x, dw, pw), args.repeats)
+        kernel_ms = 1e3 * median_seconds(lambda: kernel(*operands), args.repeats)
+        for j, ms in enumerate((xla_ms, whole_ms, kernel_ms)):
+          totals[j] += count * ms
+        print(f'| {name} | {size} | {c} | {features} | {count} | {xla_ms:.3f} | {whole_ms:.3f} '
+              f'| {kernel_ms:.3f} | {xla_ms / whole_ms:.2f}× | {xla_ms / kernel_ms:.2f}× '
+              f'| {error:.1e} |', flush=True)
+    except Exception as error:   # One failing configuration must not hide the others.
+      print(f'| {name} | failed: {_one_line(error)} |||||||||', flush=True)
+      continue
+    print(f'| {name} | all, weighted by count | | | | {totals[0]:.2f} | {totals[1]:.2f} '
+          f'| {totals[2]:.2f} | {totals[0] / totals[1]:.2f}× | {totals[0] / totals[2]:.2f}× | |',
+          flush=True)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,13 @@
 # The log and the RESULTS.md sections it appended land in $OUT (default
 # ./gpu_check_out); copy the sections into benchmarks/RESULTS.md. Each step
 # has its own time limit, 525 s in all, so the command ends inside the call's.
+# The machine's image lacks ml_collections, which our training-step module
+# imports: download its wheel into .whl (ignored by git) and name .whl in the
+# call's carry; the script installs what .whl holds before it starts:
+#   echo /.whl/ >> .git/info/exclude
+#   .venv/bin/pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0
+# STEPS="ceilings throughput" (say) runs only those steps (default: all six:
+# ceilings pallas throughput fused_bn abort tests), for a rerun inside the lease.
 # CPU smoke run: BATCH=2 IMAGE_SIZE=71 SMALL=1 PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 out=${OUT:-gpu_check_out}
@@ -35,27 +42,33 @@ small=${SMALL:+--matmul=256 --copy-mib=16}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=1
 results=benchmarks/RESULTS.md
 lines_before=$(wc -l < "$results")
+if compgen -G '.whl/*.whl' > /dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+want() { [[ " ${STEPS:-ceilings pallas throughput fused_bn abort tests} " == *" $1 "* ]]; }
+peaks=''
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   "$python" -c 'import jax, flax, optax, torch, timm; print("jax", jax.__version__,
       jax.devices(), "flax", flax.__version__, "optax", optax.__version__, "torch",
       torch.__version__, "timm", timm.__version__)'
-  peaks=$(timeout 40 "$python" -m benchmarks.device_ceilings $small | tee /dev/stderr | tail -1)
+  want ceilings && peaks=$(timeout 40 "$python" -m benchmarks.device_ceilings $small | tee /dev/stderr | tail -1)
   [[ $peaks == --peak-tflops=* ]] || peaks=''
-  timeout 110 "$python" -m benchmarks.pallas_separable --batch="$batch" --blocks=64,32,128,4 \
+  want pallas && timeout 110 "$python" -m benchmarks.pallas_separable --batch="$batch" --blocks=64,32,128,4 \
       --blocks=128,64,128,4 --blocks=128,32,256,8 ${SMALL:+--repeats=1}
   common=(--model=xception --dtype=bfloat16 --batch="$batch" --image-size="$size"
           --warmup=3 --repeats=10 --worker-timeout=120 $peaks)
-  timeout 200 "$python" -m benchmarks.throughput "${common[@]}" --mode=train,infer \
+  want throughput && timeout 200 "$python" -m benchmarks.throughput "${common[@]}" --mode=train,infer \
       --peers=timm-cl,timm \
       --note="gpu_check.sh; XLA's default GPU options; roofline against device_ceilings"
-  timeout 80 "$python" -m benchmarks.throughput "${common[@]}" --mode=train --peers= \
+  want fused_bn && timeout 80 "$python" -m benchmarks.throughput "${common[@]}" --mode=train --peers= \
       --ours=fused_bn:norm_impl=fused --note="gpu_check.sh; our fused batch norm"
-  TF_CPP_MIN_LOG_LEVEL=0 timeout 45 "$python" -m benchmarks.throughput "${common[@]}" \
-      --mode=train --peers= --no-record --ours=shifted_dw_dot:depthwise_impl=shifted,pointwise_impl=dot \
+  want abort && timeout 45 "$python" -m benchmarks.throughput "${common[@]}" \
+      --mode=train --peers= --no-record --env=TF_CPP_MIN_LOG_LEVEL=0 --ours=shifted_dw_dot:depthwise_impl=shifted,pointwise_impl=dot \
       --ours=dot:pointwise_impl=dot
-  JAX_DEFAULT_MATMUL_PRECISION=highest timeout 50 "$python" -m pytest -q -p no:cacheprovider \
+  want tests && JAX_DEFAULT_MATMUL_PRECISION=highest timeout 50 "$python" -m pytest -q -p no:cacheprovider \
       tests/test_ops.py tests/test_pallas_separable.py -k 'fused_batch_norm or pallas or separable'
-  echo "tests exit: $?"
+  want tests && echo "tests exit: $?"
 } 2>&1 | tee "$out/gpu_check.log"
 tail -n +"$((lines_before + 1))" "$results" > "$out/RESULTS_new.md"

@@ -338,9 +338,7 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
              f'--image-size={args.image_size}', f'--dtype={args.dtype}',
              f'--warmup={args.warmup}', f'--repeats={args.repeats}',
              f'--torch-device={args.torch_device}', f'--options={options or {}!r}']
-  env = dict(os.environ, KERAS_BACKEND='jax', TF_CPP_MIN_LOG_LEVEL='3', **args.env)
-  if flags:
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
+  env = worker_environment(args.env, flags)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
@@ -390,6 +388,15 @@ def versions() -> str:
 # Variables that change how fast any framework runs, recorded with the results.
 TUNING_VARIABLES = ('XLA_FLAGS', 'GLIBC_TUNABLES', 'LD_PRELOAD', 'OMP_NUM_THREADS',
                     'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_')
+
+
+def worker_environment(extra: dict[str, str], flags: str = '') -> dict[str, str]:
+  """A worker's environment: ours, quiet TensorFlow logs and Keras on JAX, then `extra` (--env)
+  over them, then `flags` appended to XLA_FLAGS."""
+  env = {**os.environ, 'KERAS_BACKEND': 'jax', 'TF_CPP_MIN_LOG_LEVEL': '3', **extra}
+  if flags:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + flags).strip()
+  return env
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

@@ -89,6 +89,11 @@ def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):
   assert env == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1', 'OMP_NUM_THREADS': '2'}
   assert throughput.tuning_environment(env) == (
       'XLA_FLAGS=--xla_cpu_a=true GLIBC_TUNABLES=glibc.malloc.hugetlb=1 OMP_NUM_THREADS=2')
+  # --env may override the workers' own settings (2026-11-28 it raised TypeError instead).
+  worker = throughput.worker_environment({'TF_CPP_MIN_LOG_LEVEL': '0'}, '--xla_cpu_b=false')
+  assert (worker['TF_CPP_MIN_LOG_LEVEL'], worker['KERAS_BACKEND']) == ('0', 'jax')
+  assert worker['XLA_FLAGS'] == '--xla_cpu_a=true --xla_cpu_b=false'
+  assert throughput.worker_environment({})['TF_CPP_MIN_LOG_LEVEL'] == '3'
   bad = subprocess.run([sys.executable, '-m', 'benchmarks.throughput', '--env=hugetlb'],
                        cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 2 and "--env takes NAME=VALUE, got 'hugetlb'" in bad.stderr

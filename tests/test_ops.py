@@ -207,8 +207,9 @@ def test_impl_names_are_checked_and_auto_is_per_backend():
   assert ops.resolve_impl('pointwise', 'auto', 'cpu') == 'dot'
   assert ops.resolve_impl('conv', 'auto', 'cpu') == 'xla'
   assert ops.resolve_impl('pool', 'auto', 'cpu') == 'shifted'
-  for kind in ('depthwise', 'pointwise', 'conv', 'pool', 'norm'):   # Measured on an H200.
+  for kind in ('depthwise', 'pointwise', 'conv', 'pool'):   # Measured on an H200.
     assert ops.resolve_impl(kind, 'auto', 'gpu') == 'xla'
+  assert ops.resolve_impl('norm', 'auto', 'gpu') == 'fused'
   assert ops.resolve_impl('depthwise', 'xla', 'cpu') == 'xla'
   assert ops.conv_general_dilated_fn('xla', 'xla', 'xla') is lax.conv_general_dilated
   with pytest.raises(ValueError, match="Unknown depthwise_impl 'fast'"):
@@ -288,7 +289,13 @@ def test_fused_batch_norm_bfloat16_and_no_scale():
 
 def test_fused_batch_norm_synchronises_over_devices():
   """With axis_name, statistics and gradients are the whole batch's, as with nn.BatchNorm."""
-  mesh = jax.make_mesh((2,), ('batch',))
+  # Two of the CPU devices conftest makes, so the test runs on a one-GPU machine too.
+  cpus = jax.devices('cpu')
+  with jax.default_device(cpus[0]):
+    _check_fused_batch_norm_over_devices(jax.make_mesh((2,), ('batch',), devices=cpus[:2]))
+
+
+def _check_fused_batch_norm_over_devices(mesh):
   spec = jax.sharding.PartitionSpec
   x = random((4, 3, 3, 6), 0) * 2 + 0.5
   fused = layers.FusedBatchNorm(use_running_average=False, axis_name='batch')

@@ -1,36 +1,33 @@
 #!/usr/bin/env bash
 # Issue 6's GPU measurements as one prepared command, for a session lent a GPU
-# machine (device tool: run `bash benchmarks/gpu_check.sh`, timeout_s=600).
+# machine (device tool: run `bash benchmarks/gpu_check.sh`, carry .whl, timeout_s=600).
 #
-# It uses the machine's own python3 (JAX with CUDA, flax, optax, torch, timm;
-# nothing is installed) and, in under 9 minutes:
-#   1. measures the device's two roofline ceilings (benchmarks/device_ceilings.py);
-#   2. times the fused depthwise + pointwise Pallas kernel against XLA's two
-#      convs on Xception's shapes, three block sizes in one process, the whole
-#      op and the kernel alone (benchmarks/pallas_separable.py);
-#   3. measures bfloat16 Xception training and inference at batch 128, ours
-#      ('auto': XLA's forms on a GPU) next to timm with AMP in channels-last
-#      and NCHW, with XLA's cost analysis and the roofline against the
-#      measured ceilings;
-#   4. measures training with our fused batch norm (`norm_impl='fused'`, its
-#      gradient written out), since batch-norm statistics and gradients took
-#      half of the step's device time in the first run's profile (2026-11-27);
-#   5. compiles the form pair that aborted XLA's GPU compiler on 2026-11-27
-#      ('shifted' depthwise with 'dot' pointwise) and 'dot' alone, with XLA's
-#      log on, to name the failing check;
-#   6. runs the tests the first GPU run did not reach: the fused batch norm
-#      against flax's (float32 at highest matmul precision) and the Pallas
-#      kernel's (2026-11-27: the other form tests of tests/test_ops.py passed).
-# The log and the RESULTS.md sections it appended land in $OUT (default
-# ./gpu_check_out); copy the sections into benchmarks/RESULTS.md. Each step
-# has its own time limit, 525 s in all, so the command ends inside the call's.
+# It uses the machine's own python3 (JAX with CUDA, flax, optax, torch, timm)
+# and, in under 9 minutes (step limits 500 s in all):
+#   ceilings    the device's two roofline ceilings (benchmarks/device_ceilings.py);
+#   train       bfloat16 Xception training at batch 128: ours ('auto': XLA's convs
+#               and our fused batch norm on a GPU) and ours with flax's batch norm,
+#               next to timm with AMP in channels-last and NCHW, with XLA's cost
+#               analysis and the roofline against the measured ceilings;
+#   infer       inference, ours next to timm channels-last;
+#   abort       compiles the form pair that aborted XLA's GPU compiler on
+#               2026-11-27 ('shifted' depthwise with 'dot' pointwise) and 'dot'
+#               alone, with XLA's log on, to name the failing check;
+#   tests       the fused batch norm against flax's (float32 at highest matmul
+#               precision) and the Pallas kernel's tests;
+#   pallas      (not run by default: concluded 2026-11-28, slower than XLA's two
+#               convs at every shape) the fused depthwise + pointwise Pallas
+#               kernel against XLA's two convs, three block sizes.
+# STEPS="train infer" (say) runs only those steps, for a rerun inside the lease.
+# On an H200 (2026-11-28) a training variant took 55-70 s (compile 49-54 s),
+# a timm one 25-30 s.
 # The machine's image lacks ml_collections, which our training-step module
 # imports: download its wheel into .whl (ignored by git) and name .whl in the
 # call's carry; the script installs what .whl holds before it starts:
 #   echo /.whl/ >> .git/info/exclude
 #   .venv/bin/pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0
-# STEPS="ceilings throughput" (say) runs only those steps (default: all six:
-# ceilings pallas throughput fused_bn abort tests), for a rerun inside the lease.
+# The log and the RESULTS.md sections it appended land in $OUT (default
+# ./gpu_check_out); copy the sections into benchmarks/RESULTS.md.
 # CPU smoke run: BATCH=2 IMAGE_SIZE=71 SMALL=1 PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 out=${OUT:-gpu_check_out}
@@ -46,7 +43,7 @@ if compgen -G '.whl/*.whl' > /dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-want() { [[ " ${STEPS:-ceilings pallas throughput fused_bn abort tests} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-ceilings train infer abort tests} " == *" $1 "* ]]; }
 peaks=''
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -59,15 +56,15 @@ peaks=''
       --blocks=128,64,128,4 --blocks=128,32,256,8 ${SMALL:+--repeats=1}
   common=(--model=xception --dtype=bfloat16 --batch="$batch" --image-size="$size"
           --warmup=3 --repeats=10 --worker-timeout=120 $peaks)
-  want throughput && timeout 200 "$python" -m benchmarks.throughput "${common[@]}" --mode=train,infer \
-      --peers=timm-cl,timm \
-      --note="gpu_check.sh; XLA's default GPU options; roofline against device_ceilings"
-  want fused_bn && timeout 80 "$python" -m benchmarks.throughput "${common[@]}" --mode=train --peers= \
-      --ours=fused_bn:norm_impl=fused --note="gpu_check.sh; our fused batch norm"
-  want abort && timeout 45 "$python" -m benchmarks.throughput "${common[@]}" \
+  note="gpu_check.sh; XLA's default GPU options; roofline against device_ceilings"
+  want train && timeout 260 "$python" -m benchmarks.throughput "${common[@]}" --mode=train \
+      --peers=timm-cl,timm --ours=ours --ours=flax_bn:norm_impl=xla --note="$note"
+  want infer && timeout 80 "$python" -m benchmarks.throughput "${common[@]}" --mode=infer \
+      --peers=timm-cl --note="$note"
+  want abort && timeout 60 "$python" -m benchmarks.throughput "${common[@]}" \
       --mode=train --peers= --no-record --env=TF_CPP_MIN_LOG_LEVEL=0 --ours=shifted_dw_dot:depthwise_impl=shifted,pointwise_impl=dot \
       --ours=dot:pointwise_impl=dot
-  want tests && JAX_DEFAULT_MATMUL_PRECISION=highest timeout 50 "$python" -m pytest -q -p no:cacheprovider \
+  want tests && JAX_DEFAULT_MATMUL_PRECISION=highest timeout 60 "$python" -m pytest -q -p no:cacheprovider \
       tests/test_ops.py tests/test_pallas_separable.py -k 'fused_batch_norm or pallas or separable'
   want tests && echo "tests exit: $?"
 } 2>&1 | tee "$out/gpu_check.log"

@@ -12,6 +12,10 @@ against XLA's two convs on each of Xception's separable-conv shapes and
 prints the step-weighted total; on a CPU it runs the kernel in Pallas's
 interpreter (values only: timings there mean nothing).
 
+Result (NVIDIA H200, batch 128, bfloat16, 2026-11-28, benchmarks/RESULTS.md):
+slower than XLA's two convs at every shape, 0.42× over the whole set with the
+best block sizes (0.50× for the kernel alone), so no gradient was written.
+
 Layout, chosen for Pallas's Triton lowering, which needs every array a
 kernel touches to have power-of-two dimensions: the input is zero-padded to
 (N, H+2, W+2, C') and flattened over its pixels, so the nine taps of a tile

@@ -46,3 +46,21 @@ def test_fused_separable_conv_lowers_to_triton_at_every_xception_shape():
             [(2, size, size, c), (3, 3, 1, c), (1, 1, c, features)]]
     text = fused.trace(*args).lower(lowering_platforms=('cuda',)).as_text()
     assert re.search(r'custom_call @"?__gpu\$xla\.gpu\.triton', text), (size, c, features)
+
+
+def test_benchmark_reports_every_block_configuration(monkeypatch, capsys):
+  """One row per shape and configuration, whole op and kernel alone; a failing one is reported."""
+  monkeypatch.setattr(ps, 'XCEPTION_SEPARABLE', ((7, 20, 24, 2), (5, 8, 40, 1)))
+  ps.main(['--batch=2', '--dtype=float32', '--repeats=1', '--blocks=16,16,16',
+           '--blocks=16,0,16', '--blocks=32,16,64,8'])
+  rows = [line.split(' | ') for line in capsys.readouterr().out.splitlines()
+          if re.match(r'\| \d+, ', line)]
+  assert [(row[0], row[1]) for row in rows] == [
+      ('| 16, 16, 16, 4', '7'), ('| 16, 16, 16, 4', '5'),
+      ('| 16, 16, 16, 4', 'all, weighted by count'),
+      ('| 16, 0, 16, 4', 'failed: ZeroDivisionError: integer division or modulo by zero |||||||||'),
+      ('| 32, 16, 64, 8', '7'), ('| 32, 16, 64, 8', '5'),
+      ('| 32, 16, 64, 8', 'all, weighted by count')]
+  for row in rows:
+    if row[1] in ('7', '5'):
+      assert float(row[-1].strip(' |')) < 1e-5    # float32: the kernel equals XLA's two convs

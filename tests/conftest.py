@@ -9,6 +9,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
+# Compile-bound tests: see run_helpers.FAST_COMPILE_XLA_FLAGS.
+from run_helpers import FAST_COMPILE_XLA_FLAGS  # noqa: E402 (imports neither jax nor keras)
+os.environ['XLA_FLAGS'] += ' ' + FAST_COMPILE_XLA_FLAGS
 # One persistent XLA cache per session, shared by the xdist workers and the training
 # processes the tests start (they inherit the environment): the many short training runs
 # of the same tiny model compile each step once instead of once per run.

@@ -25,7 +25,9 @@ Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
 `@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`;
 the option `compiler_options=none` compiles without `ops.compiler_options(model=...)`,
-which our steps use otherwise, and `steps_per_call=N` runs N steps per jitted call
+which our steps use otherwise, an option named `xla_...` is a compiler option
+set over those (e.g. `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`),
+and `steps_per_call=N` runs N steps per jitted call
 as the training loop's option of that name does (times are still per step).
 `--trace-dir DIR` profiles one step of each of our variants after timing it
 (time per XLA operation and the compiled HLO, for finding where a step's time
@@ -149,8 +151,9 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
   use_options = options.pop('compiler_options', '') != 'none'
   steps_per_call = int(options.pop('steps_per_call', 1))
+  overrides = {k: options.pop(k) for k in list(options) if k.startswith('xla_')}
   model = models.create_model(args.model, dtype=dtype, **options)
-  compiler_options = ops.compiler_options(model=model) if use_options else {}
+  compiler_options = {**(ops.compiler_options(model=model) if use_options else {}), **overrides}
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 3),
                          minval=-1, maxval=1)
@@ -345,7 +348,7 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
                           timeout=args.worker_timeout)
     stdout = proc.stdout
   except subprocess.TimeoutExpired as e:   # It may have measured before the limit.
-    print(f'  {framework} {model}: over --worker-timeout={args.worker_timeout} s',
+    print(f'  {name or framework} {model}: over --worker-timeout={args.worker_timeout} s',
           file=sys.stderr)
     stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or ''
     proc = subprocess.CompletedProcess(command, 'timeout', stdout, '')
@@ -359,7 +362,7 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
   lines = (proc.stderr or proc.stdout).strip().splitlines()
   # A crash's own message (an XLA check, a Python error) comes before its stack trace.
   cause = [line for line in lines[:-3] if re.search(r'Check failed|Error|error:|^F\d{4}', line)]
-  print(f'  {framework} {model} failed (exit {proc.returncode}): '
+  print(f'  {name or framework} {model} failed (exit {proc.returncode}): '
         f'{" | ".join(cause[:1] + lines[-3:])}', file=sys.stderr)
   return None
 

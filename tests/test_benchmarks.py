@@ -61,6 +61,21 @@ def test_throughput_prints_a_row_per_variant(tmp_path):
   assert timed_ops & fusions                         # the profile names the HLO's operations
 
 
+def test_variant_options_named_xla_are_compiler_options():
+  tiny = 'width_multiplier=0.25,middle_flow_repeats=0'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.throughput', '--model=xception', '--batch=2',
+       '--image-size=71', '--mode=infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
+       f'--ours=bad:{tiny},xla_no_such_option=True',
+       f'--ours=concurrent:{tiny},xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'],
+      cwd=ROOT, capture_output=True, text=True, check=True)
+  # The option reached XLA's compiler (not the model, which would reject the keyword).
+  assert "bad xception failed (exit 1)" in proc.stderr
+  assert "No such compile option: 'xla_no_such_option'" in proc.stderr
+  rows = [line.split('|') for line in proc.stdout.splitlines() if line.startswith('| xception')]
+  assert [r[5].strip() for r in rows] == ['concurrent'] and float(rows[0][6]) > 0
+
+
 def test_device_ceilings_prints_the_roofline_flags():
   out = run('benchmarks.device_ceilings', '--matmul=128', '--copy-mib=4', '--repeats=2')
   flags = out.splitlines()[-1].split()

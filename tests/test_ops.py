@@ -341,21 +341,34 @@ def test_compiler_options_keep_convs_from_ynnpack_but_not_dots():
   assert fusions['inception_resnet_v2'] < fusions[None], fusions
 
 
-def test_compiler_options_schedule_training_for_memory():
-  """The memory-optimised scheduler takes effect as a compiler option (the older flag did not)."""
-  model = models.create_model('xception', width_multiplier=0.25, middle_flow_repeats=1)
-  x = random((2, 71, 71, 3), 0)
-  variables = tree.variable_template(model, 71)
+def training_temp_bytes(model, size: int):
+  """XLA's temporary memory for the gradient of `model` at batch 2, by compiler options."""
+  x = random((2, size, size, 3), 0)
+  variables = tree.variable_template(model, size)
   def loss(params, batch_stats):
     logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
                             rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
     return jnp.sum(logits)
   lowered = jax.jit(jax.grad(loss)).lower(variables['params'], variables['batch_stats'])
+  return lambda options: lowered.compile(options).memory_analysis().temp_size_in_bytes
+
+
+def test_compiler_options_schedule_training_for_memory():
+  """The memory-optimised scheduler takes effect as a compiler option (the older flag did not)."""
+  temp_bytes = training_temp_bytes(
+      models.create_model('xception', width_multiplier=0.25, middle_flow_repeats=1), 71)
   ours = ops.compiler_options('cpu')
   without = {k: v for k, v in ours.items() if k != 'xla_cpu_scheduler_type'}
-  def temp_bytes(options):
-    return lowered.compile(options).memory_analysis().temp_size_in_bytes
   assert temp_bytes(ours) < 0.8 * temp_bytes(without)
+
+
+def test_inception_resnet_v2_options_schedule_training_for_concurrency():
+  """Its per-model scheduler replaces the common one: more memory (and, measured, speed)."""
+  model = models.create_model('inception_resnet_v2', width_multiplier=0.25, block_repeats=(1, 1, 1))
+  temp_bytes = training_temp_bytes(model, 75)
+  ours = ops.compiler_options('cpu', model=model)
+  memory_optimised = {**ours, 'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+  assert temp_bytes(ours) > 2 * temp_bytes(memory_optimised)
 
 
 def test_compiler_options_per_model():
@@ -366,6 +379,8 @@ def test_compiler_options_per_model():
   assert irv2 == ops.compiler_options('cpu', model='inception_resnet_v2') != common
   assert irv2['xla_cpu_experimental_ynn_fusion_type'] == (
       'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE')
+  assert common['xla_cpu_scheduler_type'] == 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
+  assert irv2['xla_cpu_scheduler_type'] == 'CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'
   assert ops.compiler_options('tpu', model='inception_resnet_v2') == {}
   assert registry.model_name(models.model_class('inception_v4')) == 'inception_v4'
   assert registry.model_name(nn.Dense(3)) is None

@@ -5,7 +5,7 @@
 For each conv shape of the Xception and Inception stems and blocks: one
 value-and-gradient step (input and kernel gradients) of XLA's conv and of
 `ops.im2col_conv`, compiled with XLA's default CPU options and with
-`ops.compiler_options()`, and, where PyTorch is installed, of its conv2d in
+`models.compiler_options()`, and, where PyTorch is installed, of its conv2d in
 timm's default NCHW layout on the same threads. Milliseconds, median of
 `--repeats` after one warm-up call, and the rate in GFLOP/s (a forward pass
 and two gradients: 3 × 2 × multiply-adds) of XLA's conv under
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from benchmarks.throughput import load, machine, time_steps, versions
+from xception_jax import models
 from xception_jax.models import ops
 
 # (input NHWC at batch 1, kernel HWIO, stride, padding, where it is).
@@ -105,9 +106,9 @@ def main(argv=None) -> None:
   parser.add_argument('--results', default='', help='Markdown file to append the table to')
   args = parser.parse_args(argv)
   forms = {'XLA conv, default options': (xla_conv, {}),
-           'XLA conv, compiler_options()': (xla_conv, ops.compiler_options()),
+           'XLA conv, compiler_options()': (xla_conv, models.compiler_options()),
            'im2col, default options': (im2col_conv, {}),
-           'im2col, compiler_options()': (im2col_conv, ops.compiler_options())}
+           'im2col, compiler_options()': (im2col_conv, models.compiler_options())}
   lines = ['| input | kernel | stride | where | ' + ' | '.join(f'{f} ms' for f in forms)
            + ' | PyTorch conv2d ms | GFLOP/s, XLA with compiler_options() / PyTorch |',
            '|---|---|---|---|' + '---|' * (len(forms) + 2)]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 6's GPU measurements as one prepared command, for a session lent a GPU
-# machine (device tool: run `bash benchmarks/gpu_check.sh`, carry .whl, timeout_s=600).
+# The GPU measurements of docs/performance.md as one command of under ten
+# minutes: `bash benchmarks/gpu_check.sh` from the repository root on a GPU machine.
 #
 # It uses the machine's own python3 (JAX with CUDA, flax, optax, torch, timm)
 # and, in under 9 minutes (step limits 500 s in all):
@@ -18,12 +18,11 @@
 #   pallas      (not run by default: concluded 2026-11-28, slower than XLA's two
 #               convs at every shape) the fused depthwise + pointwise Pallas
 #               kernel against XLA's two convs, three block sizes.
-# STEPS="train infer" (say) runs only those steps, for a rerun inside the lease.
+# STEPS="train infer" (say) runs only those steps, for a quick rerun.
 # On an H200 (2026-11-28) a training variant took 55-70 s (compile 49-54 s),
 # a timm one 25-30 s.
-# The machine's image lacks ml_collections, which our training-step module
-# imports: download its wheel into .whl (ignored by git) and name .whl in the
-# call's carry; the script installs what .whl holds before it starts:
+# Wheels in .whl/ (ignored by git) are installed first, for a machine whose Python
+# lacks a package the training step imports (ml_collections, say):
 #   echo /.whl/ >> .git/info/exclude
 #   .venv/bin/pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0
 # The log and the RESULTS.md sections it appended land in $OUT (default
@@ -58,12 +57,12 @@ peaks=''
           --warmup=3 --repeats=10 --worker-timeout=120 $peaks)
   note="gpu_check.sh; XLA's default GPU options; roofline against device_ceilings"
   want train && timeout 260 "$python" -m benchmarks.throughput "${common[@]}" --mode=train \
-      --peers=timm-cl,timm --ours=ours --ours=flax_bn:norm_impl=xla --note="$note"
+      --peers=timm-cl,timm --ours=ours --ours=flax_bn:norm=xla --note="$note"
   want infer && timeout 80 "$python" -m benchmarks.throughput "${common[@]}" --mode=infer \
       --peers=timm-cl --note="$note"
   want abort && timeout 60 "$python" -m benchmarks.throughput "${common[@]}" \
-      --mode=train --peers= --no-record --env=TF_CPP_MIN_LOG_LEVEL=0 --ours=shifted_dw_dot:depthwise_impl=shifted,pointwise_impl=dot \
-      --ours=dot:pointwise_impl=dot
+      --mode=train --peers= --no-record --env=TF_CPP_MIN_LOG_LEVEL=0 --ours=shifted_dw_dot:depthwise=shifted,pointwise=dot \
+      --ours=dot:pointwise=dot
   want tests && JAX_DEFAULT_MATMUL_PRECISION=highest timeout 60 "$python" -m pytest -q -p no:cacheprovider \
       tests/test_ops.py tests/test_pallas_separable.py -k 'fused_batch_norm or pallas or separable'
   want tests && echo "tests exit: $?"

@@ -2,9 +2,9 @@
 
     python -m benchmarks.pallas_separable [--batch=128] [--dtype=bfloat16]
 
-Issue 6's trial: XLA runs a separable conv as two kernels (cuDNN's grouped
-conv, then a 1×1 conv), writing the depthwise output to memory and reading it
-back. Here one kernel computes each tile of the depthwise output in registers
+A trial, not one of the models' forms: XLA runs a separable conv as two
+kernels (cuDNN's grouped conv, then a 1×1 conv), writing the depthwise output
+to memory and reading it back. Here one kernel computes each tile of the depthwise output in registers
 and multiplies it straight into the pointwise kernel. Forward pass only, stride
 1, SAME padding (every separable conv in Xception): a trial of whether the
 fusion pays before any gradient is written for it. The benchmark times it

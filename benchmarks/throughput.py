@@ -23,8 +23,9 @@ the slower of compute and memory allows, and the fraction of it measured.
 
 Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
-`@XLA_FLAGS`), e.g. `--ours=xla:depthwise_impl=xla,pointwise_impl=xla`;
-the option `compiler_options=none` compiles without `ops.compiler_options(model=...)`,
+`@XLA_FLAGS`), e.g. `--ours=xla:depthwise=xla,pointwise=xla` (the fields of
+`models.Execution` set how operations are computed); the option
+`compiler_options=none` compiles without `models.compiler_options(model=...)`,
 which our steps use otherwise, an option named `xla_...` is a compiler option
 set over those (e.g. `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`),
 and `steps_per_call=N` runs N steps per jitted call
@@ -65,6 +66,8 @@ PEERS = {
     'inception_resnet_v2': ('inception_resnet_v2', 'InceptionResNetV2'),
 }
 FRAMEWORKS = ('ours', 'timm', 'timm-cl', 'keras')
+# Variant options that are fields of models.Execution (how operations are computed).
+EXECUTION_FIELDS = ('depthwise', 'pointwise', 'conv', 'pool', 'norm', 'remat')
 # Dense bfloat16 tensor-core TFLOP/s and memory TB/s, by a substring of JAX's
 # device_kind (vendor data sheets). float32 steps are bounded with half the
 # TFLOP/s: XLA runs float32 GPU matrix products as TF32 by default.
@@ -145,15 +148,18 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
   import optax
-  from xception_jax import models, steps
-  from xception_jax.models import ops
+  from xception_jax import models
+  from xception_jax.trainer import steps
 
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
   use_options = options.pop('compiler_options', '') != 'none'
   steps_per_call = int(options.pop('steps_per_call', 1))
   overrides = {k: options.pop(k) for k in list(options) if k.startswith('xla_')}
-  model = models.create_model(args.model, dtype=dtype, **options)
-  compiler_options = {**(ops.compiler_options(model=model) if use_options else {}), **overrides}
+  forms = {k: options.pop(k) for k in list(options) if k in EXECUTION_FIELDS}
+  model = models.create_model(args.model, dtype=dtype, execution=models.Execution(**forms),
+                              **options)
+  compiler_options = {**(models.compiler_options(model=model) if use_options else {}),
+                      **overrides}
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 3),
                          minval=-1, maxval=1)

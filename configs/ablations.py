@@ -21,7 +21,7 @@ The fully-connected layers of Figs. 7–8 are a JFT experiment: configs/jft_like
 """
 import pathlib
 
-from xception_jax.config_defaults import load_config, local_variant, quick_variant, split_variant
+from xception_jax.trainer.config_defaults import load_config, local_variant, quick_variant, split_variant
 
 SEGMENTS = (1, 2, 4, 8)  # The divisors of every Xception width (all multiples of 8).
 MODEL_SWITCHES = {

@@ -16,7 +16,7 @@ flattened; longer runs gain little.
       --config.manual_dir=/data/imagenet_archives --config.data_dir=/data/tfds
   python -m xception_jax.main --config=configs/imagenet.py:local --workdir=/tmp/smoke
 """
-from xception_jax.config_defaults import base_config, local_variant
+from xception_jax.trainer.config_defaults import base_config, local_variant
 
 
 def get_config(variant: str = ''):

@@ -7,7 +7,7 @@ evaluation of the Polyak-averaged weights, 299 px, 100 epochs.
 
   python -m xception_jax.main --config=configs/inception_resnet_v1.py --workdir=runs/inception_resnet_v1
 """
-from xception_jax.config_defaults import base_config, inception_rmsprop_recipe, local_variant
+from xception_jax.trainer.config_defaults import base_config, inception_rmsprop_recipe, local_variant
 
 
 def get_config(variant: str = ''):

@@ -9,7 +9,7 @@ paper's Inception-V3 numbers are without it); dropout 0.2 (keep 0.8).
 """
 import pathlib
 
-from xception_jax.config_defaults import load_config, local_variant
+from xception_jax.trainer.config_defaults import load_config, local_variant
 
 
 def get_config(variant: str = ''):

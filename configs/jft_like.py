@@ -30,7 +30,7 @@ multi-label digits.
   python -m xception_jax.main --config=configs/jft_like.py:fc --workdir=runs/jft_fc \
       --config.dataset=multilabel:/data/jft --config.class_weights=/data/fasteval14k_weights.json
 """
-from xception_jax.config_defaults import base_config, local_variant, quick_variant, split_variant
+from xception_jax.trainer.config_defaults import base_config, local_variant, quick_variant, split_variant
 
 FC_LAYERS = (4096, 4096)
 SMALL_FC_LAYERS = (1024, 1024)  # The tiny models' width multiplier (0.25) applied to 4096.

@@ -6,7 +6,7 @@ averaged weights in a few minutes on 2 CPU cores.
 
   python -m xception_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 """
-from xception_jax.config_defaults import base_config
+from xception_jax.trainer.config_defaults import base_config
 
 
 def get_config():

@@ -5,6 +5,14 @@ import numpy as np
 
 from xception_jax.weights import tree
 
+# Trainable parameters at full size and 1,000 classes, as the references count them:
+# the Xception paper's Table 3 (= Keras = timm), Keras' InceptionV3 and
+# InceptionResNetV2, timm's inception_v4, and Inception-ResNet-v1 computed from its
+# paper's figures (test_inception.py does the sum).
+REFERENCE_PARAMETER_COUNTS = {'xception': 22_855_952, 'inception_v3': 23_817_352,
+                              'inception_v4': 42_679_816, 'inception_resnet_v1': 22_742_808,
+                              'inception_resnet_v2': 55_813_192}
+
 
 def param_count(model, image_size: int = 299) -> int:
   """Trainable parameters of `model`, counted without allocating them."""
@@ -53,3 +61,54 @@ def train_gradients(model, variables, x, seed: int = 2):
                                 mutable=['batch_stats'])
     return jnp.sum(jnp.sin(logits)), (logits, state)
   return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+
+
+def assert_trees_close(got, want, tol=1e-5):
+  """Leaf by leaf: same shape and dtype, values within `tol` relative to each leaf's scale."""
+  got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(got_leaves) == len(want_leaves)
+  for g, w in zip(got_leaves, want_leaves):
+    assert g.shape == w.shape and g.dtype == w.dtype
+    np.testing.assert_allclose(g, w, rtol=tol, atol=tol * float(np.abs(w).max()))
+
+
+def train_step(model, variables, x, labels, aux_weight=0.4):
+  """(loss, (outputs, BN state)) and gradients of one jitted cross-entropy training step."""
+  def loss_fn(params):
+    out, state = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                             train=True, rngs={'dropout': jax.random.PRNGKey(2)},
+                             mutable=['batch_stats'])
+    logits, aux = out if isinstance(out, tuple) else (out, None)
+    xent = lambda z: -jnp.take_along_axis(jax.nn.log_softmax(z), labels[:, None], 1).mean()
+    return xent(logits) + (0.0 if aux is None else aux_weight * xent(aux)), (out, state)
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
+
+
+def check_training_step(variables, loss, state, grads):
+  """What every model's training step must give: a finite loss, a finite non-zero gradient
+  for every parameter, and every BN moving statistic updated."""
+  assert np.isfinite(float(loss))
+  norms = {jax.tree_util.keystr(path): float(jnp.linalg.norm(g))
+           for path, g in jax.tree_util.tree_leaves_with_path(grads)}
+  assert all(np.isfinite(list(norms.values()))), norms
+  assert min(norms.values()) > 0, [k for k, v in norms.items() if v == 0]
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state['batch_stats'],
+                         variables['batch_stats'])
+  assert all(jax.tree.leaves(changed))
+
+
+def tiny_config(**overrides):
+  """The trainer's defaults with a 0.25-width, one-middle-module Xception at 71 px, batch 8."""
+  from xception_jax import models
+  from xception_jax.trainer.config_defaults import base_config
+  c = base_config()
+  c.model_kwargs.update(models.Xception.tiny_options)
+  c.image_size = 71
+  c.batch_size = 8
+  c.learning_rate = 0.01
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  c.async_checkpoints = False
+  c.shuffle_buffer = 64
+  c.update(overrides)
+  return c

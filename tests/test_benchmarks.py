@@ -25,7 +25,7 @@ def test_throughput_prints_a_row_per_variant(tmp_path):
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=timm', '--no-record',
             '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1', '--peak-tflops=1', '--peak-tbps=0.01',
             '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
-            '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm_impl="xla"',
+            '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm="xla"',
             '--ours=tiny-2:width_multiplier=0.25,middle_flow_repeats=0,steps_per_call=2',
             f'--trace-dir={tmp_path}')
   all_rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from xception_jax import optim, train
-from xception_jax.config_defaults import load_config
+from xception_jax.trainer import optim, train
+from xception_jax.trainer.config_defaults import load_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob('configs/*.py'))
 

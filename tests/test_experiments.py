@@ -1,5 +1,4 @@
 """The experiment tools: training-profile plots, the size/speed report, sweeps over configs."""
-import json
 import os
 import shlex
 import subprocess
@@ -9,17 +8,11 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
+from helpers import REFERENCE_PARAMETER_COUNTS
 from run_helpers import REPO
-from test_inception import V1
-from test_xception import XCEPTION
-from xception_jax import models, plot, report, sweep
-from xception_jax.metric_writers import MetricWriter
-
-# Full-size trainable parameters, 1,000 classes: tests/test_xception.py, tests/test_inception.py.
-MODEL_TEST_COUNTS = {'xception': XCEPTION, 'inception_v3': 23_817_352,
-                     'inception_v4': 42_679_816, 'inception_resnet_v1': V1,
-                     'inception_resnet_v2': 55_813_192}
-
+from xception_jax import models
+from xception_jax.tools import plot, report, sweep
+from xception_jax.trainer.metric_writers import MetricWriter
 
 def write_run(workdir, evals, resumed_at=None):
   """A workdir's metrics as the trainer writes them: train records, then {step: top1_ema}."""
@@ -71,9 +64,9 @@ def test_plot_errors_name_what_is_there(tmp_path):
     plot.profile_figure([workdir, workdir], 'eval/top1_ema', labels=['x'])
 
 
-def test_report_parameter_counts_equal_the_model_tests():
-  assert set(MODEL_TEST_COUNTS) == set(models.list_models())
-  for name, expected in MODEL_TEST_COUNTS.items():
+def test_report_parameter_counts_are_the_references():
+  assert set(REFERENCE_PARAMETER_COUNTS) == set(models.list_models())
+  for name, expected in REFERENCE_PARAMETER_COUNTS.items():
     assert report.full_size_parameters(name) == expected, name
 
 
@@ -99,7 +92,7 @@ def test_report_rows_count_parameters_at_full_size(monkeypatch):
   options = models.model_class('xception').tiny_options
   rows = report.report(['xception'], batch_size=8, image_size=71, num_steps=3, options=options)
   assert timed[0][0].width_multiplier == 0.25 and timed[0][1] == (8, 71, 3, 2)
-  assert rows == [report.Row('xception', XCEPTION, 2.0, 16.0, 5.0)]  # Full-size count.
+  assert rows == [report.Row('xception', REFERENCE_PARAMETER_COUNTS['xception'], 2.0, 16.0, 5.0)]  # Full-size count.
   table = report.format_table(rows, 8, 71, 'float32', options)
   print(table)
   assert '| xception | 22,855,952 | 2 | 16 | 5 |' in table and '8 × cpu' in table.lower()

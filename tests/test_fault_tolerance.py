@@ -10,11 +10,11 @@ import pytest
 from pathlib import Path
 
 from data_helpers import make_image_folder
+from helpers import tiny_config
 from run_helpers import checkpoint_steps, start_main, tiny_run_flags, wait_for_step
-from xception_jax import sharding, train
-from xception_jax.checkpoints import Checkpoints
-from xception_jax.metric_writers import read_metrics
-from test_train import tiny_config
+from xception_jax.trainer import sharding, train
+from xception_jax.trainer.checkpoints import Checkpoints
+from xception_jax.trainer.metric_writers import read_metrics
 
 TOTAL_STEPS = 12
 

@@ -5,29 +5,57 @@ import sys
 
 import pytest
 
-from xception_jax import host_memory
+from xception_jax.trainer import host_memory
 
 ON = 'glibc.malloc.hugetlb=1'
 
 
-@pytest.mark.parametrize('environ, libc, mode, tunables, reason', [
-    ({}, (2, 36), 'madvise', ON, 'on: '),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, (2, 35), 'madvise',
+ADDED = {'XCEPTION_JAX_ADDED_TUNABLE': ON}
+GPU = ['/dev/nvidia0']
+
+
+@pytest.mark.parametrize('environ, libc, mode, devices, argv, tunables, reason', [
+    ({}, (2, 36), 'madvise', [], [], ON, 'on: glibc.malloc.hugetlb=1 to be added by xception_jax'),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, (2, 35), 'madvise', [], [],
      'glibc.malloc.arena_max=2:' + ON, 'on: '),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, (2, 36), 'madvise', None, 'as set: '),
-    ({}, (2, 34), 'madvise', None, 'off: needs glibc 2.35'),
-    ({}, None, 'madvise', None, 'off: needs glibc 2.35'),
-    ({}, (2, 36), 'always', None, 'left to the kernel: transparent huge pages always'),
-    ({}, (2, 36), 'never', None, 'left to the kernel: transparent huge pages never'),
-    ({}, (2, 36), None, None, 'left to the kernel: transparent huge pages unknown'),
+    ({'JAX_PLATFORMS': 'cpu'}, (2, 36), 'madvise', GPU, [], ON, 'on: '),   # CPU asked for.
+    # Yours, and ours after the re-execution, told apart.
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, (2, 36), 'madvise', [], [], None,
+     'as you set them: GLIBC_TUNABLES=glibc.malloc.hugetlb=0'),
+    ({'GLIBC_TUNABLES': ON}, (2, 36), 'madvise', [], [], None, 'as you set them: '),
+    ({'GLIBC_TUNABLES': ON, **ADDED}, (2, 36), 'madvise', [], [], None,
+     'on: glibc.malloc.hugetlb=1 added by xception_jax'),
+    # Where it cannot help.
+    ({'XCEPTION_JAX_HUGE_PAGES': '0'}, (2, 36), 'madvise', [], [], None,
+     'off: XCEPTION_JAX_HUGE_PAGES=0'),
+    ({}, (2, 36), 'madvise', [], ['--config=x.py', '--helpfull'], None, 'off: help only'),
+    ({}, (2, 36), 'madvise', GPU, [], None, 'off: accelerator host (/dev/nvidia0'),
+    ({'JAX_PLATFORMS': 'tpu'}, (2, 36), 'madvise', [], [], None, 'off: JAX_PLATFORMS=tpu'),
+    ({'JAX_PLATFORMS': 'cuda,cpu'}, (2, 36), 'madvise', [], [], None, 'off: JAX_PLATFORMS='),
+    ({}, (2, 34), 'madvise', [], [], None, 'off: needs glibc 2.35'),
+    ({}, None, 'madvise', [], [], None, 'off: needs glibc 2.35'),
+    ({}, (2, 36), 'always', [], [], None, 'left to the kernel: transparent huge pages always'),
+    ({}, (2, 36), 'never', [], [], None, 'left to the kernel: transparent huge pages never'),
+    ({}, (2, 36), None, [], [], None, 'left to the kernel: transparent huge pages unknown'),
 ])
-def test_environment_adds_the_tunable_only_where_it_helps(environ, libc, mode, tunables, reason):
-  env, why = host_memory.huge_page_environment({'PATH': '/bin', **environ}, libc, mode)
-  assert why.startswith(reason)
+def test_environment_adds_the_tunable_only_where_it_helps(environ, libc, mode, devices, argv,
+                                                           tunables, reason):
+  env, why = host_memory.huge_page_environment({'PATH': '/bin', **environ}, libc, mode,
+                                               devices, argv)
+  assert why.startswith(reason), why
   if tunables is None:
     assert env is None
   else:
-    assert env == {'PATH': '/bin', 'GLIBC_TUNABLES': tunables}
+    assert env == {'PATH': '/bin', **environ, 'GLIBC_TUNABLES': tunables, **ADDED}
+
+
+def test_accelerator_device_files_are_found_by_pattern(tmp_path):
+  for name in ('nvidia0', 'nvidiactl', 'accel3'):
+    (tmp_path / name).touch()
+  patterns = [str(tmp_path / 'nvidia[0-9]*'), str(tmp_path / 'accel[0-9]*')]
+  assert host_memory.accelerator_devices(patterns) == [str(tmp_path / 'accel3'),
+                                                        str(tmp_path / 'nvidia0')]
+  assert host_memory.accelerator_devices([str(tmp_path / 'vfio' / '[0-9]*')]) == []
 
 
 @pytest.mark.parametrize('text, mode', [
@@ -51,7 +79,8 @@ def test_glibc_version_is_read_from_the_running_c_library():
 def test_the_main_job_runs_with_huge_pages_where_this_machine_allows_them(tmp_path):
   environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   expected, why = host_memory.huge_page_environment(
-      environ, host_memory.glibc_version(), host_memory.thp_mode())
+      environ, host_memory.glibc_version(), host_memory.thp_mode(),
+      host_memory.accelerator_devices())
   # A bad model name ends the job right after its start-up log.
   result = subprocess.run(
       [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',
@@ -61,8 +90,9 @@ def test_the_main_job_runs_with_huge_pages_where_this_machine_allows_them(tmp_pa
   line = next(l for l in result.stderr.splitlines() if 'malloc huge pages:' in l)
   if expected is None:
     assert line.endswith(why)
-  else:   # The re-executed process found the tunable its first start added.
-    assert line.endswith(f'as set: GLIBC_TUNABLES={expected["GLIBC_TUNABLES"]}')
+  else:   # The re-executed process found the tunable its first start added, and says so.
+    assert line.endswith(f'on: {ON} added by xception_jax '
+                         f'(GLIBC_TUNABLES={expected["GLIBC_TUNABLES"]})')
 
 
 def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypatch):
@@ -74,6 +104,8 @@ def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypat
 
   monkeypatch.setattr(host_memory, 'glibc_version', lambda: (2, 36))
   monkeypatch.setattr(host_memory, 'thp_mode', lambda: 'madvise')
+  monkeypatch.setattr(host_memory, 'accelerator_devices', lambda: [])
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
   monkeypatch.setattr(host_memory.os, 'execve', fake_execve)
   monkeypatch.setattr(host_memory.sys, 'orig_argv', ['python3', '-m', 'xception_jax.main', '--x=1'])
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
@@ -81,4 +113,7 @@ def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypat
   assert calls == [(sys.executable, [sys.executable, '-m', 'xception_jax.main', '--x=1'], ON)]
   monkeypatch.setenv('GLIBC_TUNABLES', ON)
   host_memory.reexec_with_huge_pages()   # The second start finds the tunable: no exec.
+  monkeypatch.delenv('GLIBC_TUNABLES')
+  monkeypatch.setattr(host_memory.sys, 'argv', ['main.py', '--help'])
+  host_memory.reexec_with_huge_pages()   # Help only: no exec either.
   assert len(calls) == 1

@@ -4,28 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import init, param_count, random_variables, variable_shapes
+from helpers import (REFERENCE_PARAMETER_COUNTS, check_training_step, init, param_count,
+                     random_variables, train_step)
 from xception_jax import models
 from xception_jax.weights import tree
-
-NAMES = ['inception_v3', 'inception_v4', 'inception_resnet_v1', 'inception_resnet_v2']
-# Small variants: a quarter of the widths and one block per repeated stage.
-TINY = {
-    'inception_v3': dict(width_multiplier=0.25),
-    'inception_v4': dict(width_multiplier=0.25, block_repeats=(1, 1, 1)),
-    'inception_resnet_v1': dict(width_multiplier=0.25, block_repeats=(1, 1, 1)),
-    'inception_resnet_v2': dict(width_multiplier=0.25, block_repeats=(1, 1, 1)),
-}
-FEATURES = {  # Feature name → (spatial size at 299, channels) in order of stride 2, 4, ..., 32.
-    'inception_v3': {'conv_2b': (147, 64), 'conv_4a': (71, 192), 'mixed_5': (35, 288),
-                     'mixed_6': (17, 768), 'mixed_7': (8, 2048)},
-    'inception_v4': {'conv_2b': (147, 64), 'mixed_4a': (71, 192), 'inception_a': (35, 384),
-                     'inception_b': (17, 1024), 'inception_c': (8, 1536)},
-    'inception_resnet_v1': {'conv_2b': (147, 64), 'conv_4a': (71, 192), 'block35': (35, 256),
-                            'block17': (17, 896), 'block8': (8, 1792)},
-    'inception_resnet_v2': {'conv_2b': (147, 64), 'conv_4a': (71, 192), 'block35': (35, 320),
-                            'block17': (17, 1088), 'block8': (8, 2080), 'conv_7b': (8, 1536)},
-}
 
 # Inception-ResNet-v1 by hand (paper Figs. 10-15, shift-only BN: a conv has k·k·in·out + out
 # parameters, an expansion conv in·out + out): stem 3·3·3·32+32, 9·32·32+32, 9·32·64+64,
@@ -47,7 +29,7 @@ V3_AUX_BN_SCALE = 128 + 768
 
 def test_inception_resnet_v1_by_hand():
   assert V1_BLOCK35 == 77_248 and V1_BLOCK17 == 689_536 and V1_BLOCK8 == 1_600_000
-  assert V1 == 22_742_808  # ARCHITECTURES.md's computed count: no difference.
+  assert V1 == REFERENCE_PARAMETER_COUNTS['inception_resnet_v1']
   assert V3_AUX == 3_325_800
 
 
@@ -88,50 +70,6 @@ def test_counts_with_batch_norm_statistics(name, options, expected):
   assert sum(x.size for x in jax.tree.leaves(variables)) == expected
 
 
-@pytest.mark.parametrize('name', NAMES)
-def test_registered_with_common_options(name):
-  model = models.create_model(name, num_classes=7, dropout_rate=0.0)
-  assert type(model) is models.model_class(name) and model.num_classes == 7
-  assert model.min_input_size == 75 and model.bn_epsilon == 1e-3
-  assert list(FEATURES[name]) == list(model.feature_names)
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_feature_shapes_at_299(name):
-  model = models.create_model(name, include_top=False, pooling=None)
-  x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: init(model, 75, batch=1))
-  out, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
-  assert {k: v.shape for k, v in feats.items()} == {
-      k: (2, size, size, c) for k, (size, c) in FEATURES[name].items()}
-  assert out.shape == feats[model.feature_names[-1]].shape
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_smallest_input_in_float32_and_bfloat16(name):
-  backbone = models.create_model(name, include_top=False, pooling='max', **TINY[name])
-  model16 = models.create_model(name, num_classes=5, dtype=jnp.bfloat16, **TINY[name])
-  variables = random_variables(model16)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(
-      tree.variable_template(model16)))  # bfloat16 compute keeps float32 parameters.
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 81, 3), minval=-1, maxval=1)
-  pooled, feats = jax.jit(lambda v, x: backbone.apply(v, x, return_features=True))(variables, x)
-  last = feats[backbone.feature_names[-1]]
-  assert last.shape[1:3] == (1, 1)
-  np.testing.assert_allclose(pooled, last.max(axis=(1, 2)), rtol=1e-6)
-  logits16, feats16 = jax.jit(lambda v, x: model16.apply(v, x, return_features=True))(
-      variables, x)
-  assert logits16.dtype == jnp.float32 and logits16.shape == (2, 5)  # Logits in float32.
-  assert np.all(np.isfinite(logits16))
-  for key, feature in feats.items():
-    assert feats16[key].dtype == jnp.bfloat16
-    # bfloat16 has an 8-bit mantissa: features agree to a few percent of their scale.
-    scale = np.abs(feature).max()
-    assert np.abs(feats16[key].astype(np.float32) - feature).max() < 0.05 * scale + 0.05, key
-  with pytest.raises(ValueError, match=f'{name} needs inputs of at least 75x75 pixels, got 74x80'):
-    backbone.apply(variables, jnp.zeros((1, 74, 80, 3)))
-
-
 @pytest.mark.parametrize('name, option', [('inception_v4', 'block_repeats'),
                                           ('inception_resnet_v1', 'block_repeats'),
                                           ('inception_resnet_v2', 'residual_scales')])
@@ -141,41 +79,9 @@ def test_per_stage_options_need_three_values(name, option):
     tree.variable_template(model)
 
 
-def train_step(model, variables, x, labels, aux_weight=0.4):
-  """(loss, (outputs, BN state)) and gradients of one jitted training step."""
-  def loss_fn(params):
-    out, state = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                             train=True, rngs={'dropout': jax.random.PRNGKey(2)},
-                             mutable=['batch_stats'])
-    logits, aux = out if isinstance(out, tuple) else (out, None)
-    xent = lambda z: -jnp.take_along_axis(jax.nn.log_softmax(z), labels[:, None], 1).mean()
-    loss = xent(logits) + (0.0 if aux is None else aux_weight * xent(aux))
-    return loss, (out, state)
-  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
-
-
-def check_step(variables, loss, state, grads):
-  assert np.isfinite(float(loss))
-  norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
-  assert all(np.isfinite(norms)) and min(norms) > 0  # Every parameter gets a gradient.
-  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state['batch_stats'],
-                         variables['batch_stats'])
-  assert all(jax.tree.leaves(changed))  # Training mode updates every BN moving statistic.
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_training_step_gradients_are_finite(name):
-  model = models.create_model(name, num_classes=5, **TINY[name])
-  variables = random_variables(model)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 75, 75, 3), minval=-1, maxval=1)
-  (loss, (logits, state)), grads = train_step(model, variables, x, jnp.array([0, 1, 2, 3]))
-  assert logits.shape == (4, 5)
-  check_step(variables, loss, state, grads)
-
-
 def test_auxiliary_logits_contract():
   model = models.create_model('inception_v3', num_classes=5, aux_logits=True,
-                              **TINY['inception_v3'])
+                              **models.InceptionV3.tiny_options)
   assert param_count(model) == param_count(model.clone(aux_logits=False)) + \
       (192 * 32 + 32) + (25 * 32 * 192 + 192) + (192 * 5 + 5)  # Widths 128, 768 at 1/4.
   variables = random_variables(model)  # Built at 299: the auxiliary head needs it.
@@ -187,7 +93,7 @@ def test_auxiliary_logits_contract():
   (loss, ((logits, aux), state)), grads = train_step(model, variables, x, jnp.array([0, 1]))
   assert logits.shape == aux.shape == (2, 5) and logits.dtype == aux.dtype == jnp.float32
   assert not np.allclose(logits, aux)
-  check_step(variables, loss, state, grads)  # The auxiliary head's parameters included.
+  check_training_step(variables, loss, state, grads)  # The auxiliary head's parameters included.
   with pytest.raises(ValueError, match='auxiliary head of inception_v3 needs inputs of at '
                                        r'least 299x299.*got a 16x16 map'):
     evaluate(model, jnp.zeros((1, 298, 298, 3)), train=True, mutable=['batch_stats'])
@@ -197,7 +103,7 @@ def test_auxiliary_logits_contract():
 
 def test_padding_inclusive_average_pool_changes_the_pooled_branches():
   model = models.create_model('inception_v3', include_top=False, pooling=None,
-                              **TINY['inception_v3'])
+                              **models.InceptionV3.tiny_options)
   variables = random_variables(model)
   x = jax.random.uniform(jax.random.PRNGKey(1), (1, 75, 75, 3), minval=-1, maxval=1)
   both = jax.jit(lambda v, x: (
@@ -210,7 +116,7 @@ def test_padding_inclusive_average_pool_changes_the_pooled_branches():
 
 def test_residual_scales_weight_the_residual_branches():
   model = models.create_model('inception_resnet_v2', include_top=False,
-                              **TINY['inception_resnet_v2'])
+                              **models.InceptionResNetV2.tiny_options)
   variables = random_variables(model)
   x = jax.random.uniform(jax.random.PRNGKey(1), (1, 75, 75, 3), minval=-1, maxval=1)
 
@@ -228,7 +134,7 @@ def test_residual_scales_weight_the_residual_branches():
 
 
 def test_xception_pool_padding_differs_only_on_even_maps():
-  options = dict(width_multiplier=0.25, middle_flow_repeats=1, num_classes=5)
+  options = dict(models.Xception.tiny_options, num_classes=5)
   same = models.create_model('xception', **options)
   symmetric = models.create_model('xception', pool_padding='symmetric', **options)
   variables = random_variables(same)
@@ -240,22 +146,3 @@ def test_xception_pool_padding_differs_only_on_even_maps():
   assert not np.allclose(*both(even))  # 79 → 37 → 19 → 10: the last pools differ.
   with pytest.raises(ValueError, match="pool_padding must be 'same' or 'symmetric'"):
     models.create_model('xception', pool_padding='torch', **options).apply(variables, odd)
-
-
-def test_remat_keeps_parameters_values_and_gradients():
-  """Each Inception block rematerialised: same variables, same gradients (inference-mode
-  BN: training-mode BN over this tiny model's 1×1 maps amplifies float32 rounding)."""
-  model = models.create_model('inception_resnet_v2', num_classes=5, width_multiplier=0.125,
-                              block_repeats=(1, 1, 1))
-  rematerialised = model.clone(remat=True)
-  variables = random_variables(model)
-  assert variable_shapes(rematerialised, 75) == jax.tree.map(jnp.shape, variables)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), minval=-1, maxval=1)
-
-  def gradients(m):
-    loss = lambda params: jnp.sum(jnp.sin(m.apply({**variables, 'params': params}, x)))
-    return jax.jit(jax.grad(loss))(variables['params'])
-
-  got, want = gradients(rematerialised), gradients(model)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))

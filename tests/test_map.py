@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_score
 
-from xception_jax import multilabel
+from xception_jax.trainer import multilabel
 
 
 def map_at_k(logits, labels, k=100, weights=None):

@@ -9,11 +9,12 @@ import optax
 import pytest
 
 from data_helpers import image_ids, make_image_folder, multilabel_bits
-from xception_jax import optim, plot, steps, train
-from xception_jax.config_defaults import load_config
+from xception_jax.trainer import optim, steps, train
+from xception_jax.tools import plot
+from xception_jax.trainer.config_defaults import load_config
 from xception_jax.data import pipeline, sources
-from xception_jax.metric_writers import read_metrics
-from xception_jax.state import create_train_state
+from xception_jax.trainer.metric_writers import read_metrics
+from xception_jax.trainer.state import create_train_state
 
 
 def label_folder(tmp_path, with_classes_file=True):
@@ -129,7 +130,7 @@ def test_multilabel_run_on_8_devices_evaluates_map_and_per_class_ap(tmp_path):
 
 
 def test_predict_reads_multilabel_outputs_as_sigmoids():
-  from xception_jax import predict
+  from xception_jax.tools import predict
   model, images = TinyNet(), np.zeros((1, 16, 16, 3), np.float32)
   variables = model.init(jax.random.PRNGKey(0), images)
   names = list('abcdef')

@@ -9,8 +9,8 @@ import pytest
 
 from data_helpers import make_image_folder
 from run_helpers import checkpoint_steps, start_launcher, tiny_run_flags, wait_for_step
-from xception_jax.checkpoints import Checkpoints
-from xception_jax.metric_writers import read_metrics
+from xception_jax.trainer.checkpoints import Checkpoints
+from xception_jax.trainer.metric_writers import read_metrics
 
 
 def max_difference(a, b) -> float:

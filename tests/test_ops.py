@@ -1,4 +1,5 @@
 """Fast depthwise, 1×1 conv, k×k conv and max-pool forms equal XLA's, values and gradients."""
+import dataclasses
 import functools
 import re
 
@@ -9,15 +10,12 @@ import numpy as np
 import pytest
 from jax import lax
 
+from helpers import assert_trees_close as assert_close
 from helpers import random_variables, train_gradients, variable_shapes
 from xception_jax import models
-from xception_jax.models import ops
-from xception_jax.models import registry
-from xception_jax.models import layers
-from xception_jax.models.layers import max_pool
-from xception_jax.weights import tree
+from xception_jax.models import execution, layers, ops
 
-TINY = dict(width_multiplier=0.25, middle_flow_repeats=1)
+TINY = models.Xception.tiny_options
 SHAPES = [(7, 1), (8, 1), (7, 2), (8, 2), (9, 2)]   # (size, stride): odd and even, both strides.
 ids = [f'{size}px-s{stride}' for size, stride in SHAPES]
 
@@ -32,14 +30,12 @@ def value_and_grads(f, *args):
   return y, vjp(jnp.cos(y))
 
 
-def assert_close(got, want, tol=1e-5):
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert g.shape == w.shape and g.dtype == w.dtype
-    np.testing.assert_allclose(g, w, rtol=tol, atol=tol * float(np.abs(w).max()))
+def max_pool(x, window, stride, padding, form):
+  return models.Execution(pool=form).max_pool()(x, window, stride, padding)
 
 
 def conv_module(impls, features, kernel, stride, groups, padding='SAME'):
-  """nn.Conv with `impls` = (depthwise_impl, pointwise_impl, conv_impl)."""
+  """nn.Conv with `impls` = the (depthwise, pointwise, conv) forms."""
   return nn.Conv(features, kernel, stride, padding=padding, feature_group_count=groups,
                  use_bias=False, conv_general_dilated=ops.conv_general_dilated_fn(*impls))
 
@@ -135,11 +131,11 @@ def test_shifted_max_pool_is_identical_with_ties(size, stride, padding):
   # Values on a coarse grid: many windows hold several equal maxima, where the
   # gradient must go to the first one, as XLA's select-and-scatter does.
   x = jnp.round(random((2, size, size, 3), 0) * 2) / 2
-  want = value_and_grads(lambda x: max_pool(x, 3, stride, padding, impl='xla'), x)
-  got = value_and_grads(lambda x: max_pool(x, 3, stride, padding, impl='shifted'), x)
+  want = value_and_grads(lambda x: max_pool(x, 3, stride, padding, 'xla'), x)
+  got = value_and_grads(lambda x: max_pool(x, 3, stride, padding, 'shifted'), x)
   assert_close(got, want, tol=0)
   jitted = jax.jit(lambda x: value_and_grads(
-      lambda x: max_pool(x, 3, stride, padding, impl='shifted'), x))
+      lambda x: max_pool(x, 3, stride, padding, 'shifted'), x))
   assert_close(jitted(x), want, tol=0)
 
 
@@ -151,14 +147,15 @@ def test_shifted_max_pool_gradient_after_fused_batch_norm():
   """
   conv, norm = layers.conv_and_norm_defs(train=True, dtype=jnp.float32,
                                          param_dtype=jnp.float32, bn_momentum=0.99,
-                                         bn_epsilon=1e-3, bn_scale=True)
+                                         bn_epsilon=1e-3, bn_scale=True,
+                                         execution=models.Execution())
   sep = functools.partial(layers.SeparableConvBN, conv=conv, norm=norm)
   x = random((2, 33, 33, 64), 0)
 
-  def gradients(pool_impl):
+  def gradients(form):
     block = models.xception.XceptionModule((128, 128), sep=sep, conv=conv, norm=norm,
-                                           downsample=True, relu_first=False,
-                                           pool_impl=pool_impl)
+                                           max_pool=models.Execution(pool=form).max_pool(),
+                                           downsample=True, relu_first=False)
     variables = block.init(jax.random.PRNGKey(1), x)
     def loss(params, x):
       y, _ = block.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
@@ -188,7 +185,7 @@ def test_shifted_max_pool_gradient_stores_each_windows_winner():
   """
   x = random((2, 15, 15, 8), 0)
   grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.cos(
-      max_pool(jax.nn.relu(x), 3, 2, 'VALID', impl='shifted')))))
+      max_pool(jax.nn.relu(x), 3, 2, 'VALID', 'shifted')))))
   hlo = grad.lower(x).compile().as_text()
   assert re.search(r's8\[2,7,7,8,1\]\{[^}]*\} reduce-window', hlo)
 
@@ -202,48 +199,53 @@ def test_scatter_windows_is_the_transpose_of_windows():
     assert_close(ops.scatter_windows(values, strides, xp.shape[1:3]), want)
 
 
-def test_impl_names_are_checked_and_auto_is_per_backend():
-  assert ops.resolve_impl('depthwise', 'auto', 'cpu') == 'shifted'
-  assert ops.resolve_impl('pointwise', 'auto', 'cpu') == 'dot'
-  assert ops.resolve_impl('conv', 'auto', 'cpu') == 'xla'
-  assert ops.resolve_impl('pool', 'auto', 'cpu') == 'shifted'
-  for kind in ('depthwise', 'pointwise', 'conv', 'pool'):   # Measured on an H200.
-    assert ops.resolve_impl(kind, 'auto', 'gpu') == 'xla'
-  assert ops.resolve_impl('norm', 'auto', 'gpu') == 'fused'
-  assert ops.resolve_impl('depthwise', 'xla', 'cpu') == 'xla'
-  assert ops.conv_general_dilated_fn('xla', 'xla', 'xla') is lax.conv_general_dilated
-  with pytest.raises(ValueError, match="Unknown depthwise_impl 'fast'"):
-    models.create_model('xception', depthwise_impl='fast', **TINY).init(
-        jax.random.PRNGKey(0), jnp.zeros((1, 71, 71, 3)))
+def test_execution_names_are_checked_and_auto_resolves_per_backend():
+  for backend in ('cpu', 'gpu', 'tpu'):
+    resolved = models.Execution().resolved(backend)
+    assert 'auto' not in dataclasses.astuple(resolved)
+    assert models.Execution(depthwise='xla', remat=True).resolved(backend).depthwise == 'xla'
+  assert models.Execution().resolved('tpu') == models.Execution.reference()  # Unmeasured.
+  assert models.Execution.reference().conv_general_dilated() is lax.conv_general_dilated
+  with pytest.raises(ValueError, match="Unknown depthwise form 'fast'; choose one of 'auto'"):
+    models.create_model('xception', execution={'depthwise': 'fast'})
+  with pytest.raises(ValueError, match='execution has no field'):
+    models.create_model('xception', execution={'depthwse': 'xla'})
+
+
+def test_old_option_names_still_build_the_same_model():
+  with pytest.warns(DeprecationWarning, match=r'depthwise_impl, remat are deprecated.*'
+                                              r"Execution\(depthwise='xla', remat=True\)"):
+    model = models.create_model('xception', depthwise_impl='xla', remat=True, **TINY)
+  assert model.execution == models.Execution(depthwise='xla', remat=True)
+  assert model == models.create_model('xception', execution=model.execution, **TINY)
 
 
 def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog):
-  ops._warn_once.cache_clear()
+  execution._warn_once.cache_clear()
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  ops.conv_general_dilated_fn('shifted', 'xla', 'xla')
-  ops.conv_general_dilated_fn('xla', 'dot', 'xla')
-  assert not caplog.records
-  ops.conv_general_dilated_fn('shifted', 'dot', 'xla')
-  ops.conv_general_dilated_fn('shifted', 'dot', 'im2col')
+  for forms in (dict(depthwise='shifted'), dict(pointwise='dot'),
+                dict(depthwise='shifted', pointwise='dot'),
+                dict(depthwise='shifted', pointwise='dot', conv='im2col')):
+    models.Execution(**forms).conv_general_dilated()
   assert [r.getMessage().split(' made ')[0] for r in caplog.records] == [
-      "depthwise_impl='shifted' with pointwise_impl='dot'"]
+      "depthwise='shifted' with pointwise='dot'"]
 
 
-@pytest.mark.parametrize('name, size, options, dtype, tol', [
-    ('xception', 71, dict(depthwise_impl='shifted', conv_impl='im2col', **TINY), jnp.float32,
-     1e-4),
+@pytest.mark.parametrize('name, size, forms, dtype, tol', [
+    ('xception', 71, dict(depthwise='shifted', conv='im2col'), jnp.float32, 1e-4),
     # Training-mode BN over Inception-V3's last, 1×1 maps of 2 images is so
     # ill-conditioned that float32 XLA is itself ~20% off its float64 result:
     # compare in float64.
-    ('inception_v3', 75, dict(width_multiplier=0.125, bn_scale=True), jnp.float64, 1e-9),
+    ('inception_v3', 75, dict(), jnp.float64, 1e-9),
 ], ids=['xception', 'inception_v3'])
-def test_fast_forms_match_reference_in_training(name, size, options, dtype, tol):
+def test_fast_forms_match_reference_in_training(name, size, forms, dtype, tol):
   """The whole model: same parameters, same logits, BN statistics and gradients."""
+  model_options = {'xception': TINY, 'inception_v3': dict(width_multiplier=0.125, bn_scale=True)}
   with jax.enable_x64(dtype == jnp.float64):
-    fast = models.create_model(name, num_classes=5, pointwise_impl='dot', pool_impl='shifted',
-                               norm_impl='fused', dtype=dtype, param_dtype=dtype, **options)
-    reference = fast.clone(pointwise_impl='xla', pool_impl='xla', norm_impl='xla',
-                           **{k: 'xla' for k in ('depthwise_impl', 'conv_impl') if k in options})
+    fast = models.create_model(
+        name, num_classes=5, dtype=dtype, param_dtype=dtype, **model_options[name],
+        execution=models.Execution(pointwise='dot', pool='shifted', norm='fused', **forms))
+    reference = fast.clone(execution=models.Execution.reference())
     # Numpy-made variables: initialising two float64 models op by op took 16 s.
     variables = jax.tree.map(lambda v: v.astype(dtype), random_variables(reference, size))
     assert variable_shapes(fast, size) == jax.tree.map(jnp.shape, variables)
@@ -265,7 +267,7 @@ def batch_norm_run(layer, variables, x, train):
 def test_fused_batch_norm_equals_flax(train):
   x = random((4, 5, 5, 6), 0) * 3 + 1
   options = dict(use_running_average=not train, momentum=0.9, epsilon=1e-3)
-  reference, fused = nn.BatchNorm(**options), layers.FusedBatchNorm(**options)
+  reference, fused = nn.BatchNorm(**options), ops.FusedBatchNorm(**options)
   variables = reference.init(jax.random.PRNGKey(1), x)
   assert_close(fused.init(jax.random.PRNGKey(1), x), variables, tol=0)
   variables = {'params': {'scale': jnp.linspace(0.5, 1.5, 6), 'bias': jnp.linspace(-1, 1, 6)},
@@ -277,7 +279,7 @@ def test_fused_batch_norm_equals_flax(train):
 def test_fused_batch_norm_bfloat16_and_no_scale():
   x = random((4, 3, 3, 5), 0).astype(jnp.bfloat16)
   options = dict(use_running_average=False, use_scale=False, dtype=jnp.bfloat16)
-  fused, reference = layers.FusedBatchNorm(**options), nn.BatchNorm(**options)
+  fused, reference = ops.FusedBatchNorm(**options), nn.BatchNorm(**options)
   variables = reference.init(jax.random.PRNGKey(1), x)
   assert jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(1), x)) == \
       jax.tree.map(jnp.shape, variables)
@@ -298,7 +300,7 @@ def test_fused_batch_norm_synchronises_over_devices():
 def _check_fused_batch_norm_over_devices(mesh):
   spec = jax.sharding.PartitionSpec
   x = random((4, 3, 3, 6), 0) * 2 + 0.5
-  fused = layers.FusedBatchNorm(use_running_average=False, axis_name='batch')
+  fused = ops.FusedBatchNorm(use_running_average=False, axis_name='batch')
   variables = fused.init(jax.random.PRNGKey(1), x)
   whole = batch_norm_run(fused.clone(axis_name=None), variables, x, True)
   spread = jax.device_put(x, jax.sharding.NamedSharding(mesh, spec('batch')))
@@ -312,86 +314,3 @@ def _check_fused_batch_norm_over_devices(mesh):
 
     (y, x_grad), (param_grads, state) = sharded(spread)
     assert_close((y, (param_grads, x_grad), state), whole, tol=2e-5)
-
-
-def ynn_ops(compiled_text: str) -> set[str]:
-  """The operations (by op_name) that XLA handed to its YNNPACK library."""
-  return {line.split('op_name="')[1].split('"')[0].rsplit('/', 1)[-1]
-          for line in compiled_text.splitlines()
-          if '__ynn_fusion' in line and ' fusion(' in line and 'op_name="' in line}
-
-
-def test_compiler_options_keep_convs_from_ynnpack_but_not_dots():
-  x, kernel, pointwise = random((2, 33, 33, 16), 0), random((3, 3, 16, 32), 1), random(
-      (1, 1, 32, 16), 2)
-  def loss(x, kernel):
-    y = lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return jnp.sum(ops.pointwise_dot(y, pointwise, (1, 1)) ** 2)
-  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  default = ynn_ops(step.lower(x, kernel).compile().as_text())
-  assert 'conv_general_dilated' in default and 'dot_general' in default
-  fusions = {}
-  for model in (None, 'inception_resnet_v2'):   # Its own fusion mode, tested too.
-    text = step.lower(x, kernel).compile(ops.compiler_options('cpu', model=model)).as_text()
-    ours = ynn_ops(text)
-    assert 'conv_general_dilated' not in ours and 'dot_general' in ours, model
-    fusions[model] = text.count('__ynn_fusion')
-  # YNNPACK's fused-dot mode takes elementwise work into its dot fusions: fewer of them.
-  assert fusions['inception_resnet_v2'] < fusions[None], fusions
-
-
-def training_temp_bytes(model, size: int):
-  """XLA's temporary memory for the gradient of `model` at batch 2, by compiler options."""
-  x = random((2, size, size, 3), 0)
-  variables = tree.variable_template(model, size)
-  def loss(params, batch_stats):
-    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
-                            rngs={'dropout': jax.random.PRNGKey(1)}, mutable=['batch_stats'])
-    return jnp.sum(logits)
-  lowered = jax.jit(jax.grad(loss)).lower(variables['params'], variables['batch_stats'])
-  return lambda options: lowered.compile(options).memory_analysis().temp_size_in_bytes
-
-
-def test_compiler_options_schedule_training_for_memory():
-  """The memory-optimised scheduler takes effect as a compiler option (the older flag did not)."""
-  temp_bytes = training_temp_bytes(
-      models.create_model('xception', width_multiplier=0.25, middle_flow_repeats=1), 71)
-  ours = ops.compiler_options('cpu')
-  without = {k: v for k, v in ours.items() if k != 'xla_cpu_scheduler_type'}
-  assert temp_bytes(ours) < 0.8 * temp_bytes(without)
-
-
-def test_inception_resnet_v2_options_schedule_training_for_concurrency():
-  """Its per-model scheduler replaces the common one: more memory (and, measured, speed)."""
-  model = models.create_model('inception_resnet_v2', width_multiplier=0.25, block_repeats=(1, 1, 1))
-  temp_bytes = training_temp_bytes(model, 75)
-  ours = ops.compiler_options('cpu', model=model)
-  memory_optimised = {**ours, 'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
-  assert temp_bytes(ours) > 2 * temp_bytes(memory_optimised)
-
-
-def test_compiler_options_per_model():
-  common = ops.compiler_options('cpu')
-  assert ops.compiler_options('cpu', model='xception') == common
-  tiny = models.create_model('inception_resnet_v2', width_multiplier=0.25)
-  irv2 = ops.compiler_options('cpu', model=tiny)
-  assert irv2 == ops.compiler_options('cpu', model='inception_resnet_v2') != common
-  assert irv2['xla_cpu_experimental_ynn_fusion_type'] == (
-      'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE')
-  assert common['xla_cpu_scheduler_type'] == 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
-  assert irv2['xla_cpu_scheduler_type'] == 'CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'
-  assert ops.compiler_options('tpu', model='inception_resnet_v2') == {}
-  assert registry.model_name(models.model_class('inception_v4')) == 'inception_v4'
-  assert registry.model_name(nn.Dense(3)) is None
-
-
-def test_compiler_options_rejected_by_xla_are_dropped_with_a_warning(monkeypatch, caplog):
-  monkeypatch.setitem(ops.COMPILER_OPTIONS, 'cpu', {'xla_cpu_no_such_option': True,
-                                                    'xla_cpu_enable_fast_math': False})
-  ops._checked_options.cache_clear()
-  try:
-    assert ops.compiler_options('cpu') == {'xla_cpu_enable_fast_math': False}
-  finally:
-    ops._checked_options.cache_clear()
-  assert 'XLA rejected the compiler option xla_cpu_no_such_option=True' in caplog.text

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from xception_jax import optim
-from xception_jax.config_defaults import base_config
+from xception_jax.trainer import losses, optim
+from xception_jax.trainer.config_defaults import base_config
 
 
 def config(**overrides):
@@ -117,9 +117,9 @@ def test_label_smoothing_matches_hand_computation():
   logits = jnp.array([[2.0, 0.0, -1.0]])
   log_p = np.log(np.exp([2.0, 0.0, -1.0]) / np.exp([2.0, 0.0, -1.0]).sum())
   targets = 0.9 * np.array([1, 0, 0]) + 0.1 / 3
-  got = optim.cross_entropy(logits, jnp.array([0]), 3, label_smoothing=0.1)
+  got = losses.cross_entropy(logits, jnp.array([0]), 3, label_smoothing=0.1)
   assert float(got[0]) == pytest.approx(-(targets * log_p).sum(), rel=1e-6)
-  plain = optim.cross_entropy(logits, jnp.array([0]), 3)
+  plain = losses.cross_entropy(logits, jnp.array([0]), 3)
   assert float(plain[0]) == pytest.approx(-log_p[0], rel=1e-6)
 
 

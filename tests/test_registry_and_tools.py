@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from keras_helpers import save_legacy_weights
-from xception_jax import model_table, models
+from xception_jax import models
+from xception_jax.tools import model_table
 
 
 def test_registry_lists_and_builds_models():

@@ -9,8 +9,9 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from xception_jax import models, sharding, steps
-from xception_jax.state import create_train_state
+from xception_jax import models
+from xception_jax.trainer import sharding, steps
+from xception_jax.trainer.state import create_train_state
 
 
 def tiny_xception():

@@ -94,7 +94,8 @@ def test_inception_v3_auxiliary_logits_equal_timm():
   expected_logits, expected_aux = (t.numpy() for t in run_timm(timm_model, x))
   logits, features = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(variables, x)
   conv, norm = conv_and_norm_defs(train=False, dtype=jnp.float32, param_dtype=jnp.float32,
-                                  bn_momentum=0.99, bn_epsilon=1e-3, bn_scale=True)
+                                  bn_momentum=0.99, bn_epsilon=1e-3, bn_scale=True,
+                                  execution=models.Execution())
   aux = AuxHead(1000, conv, norm).apply({c: variables[c]['aux'] for c in variables},
                                         features['mixed_6'])
   for label, ours, expected in (('logits', logits, expected_logits),

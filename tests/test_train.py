@@ -9,26 +9,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_helpers import make_image_folder
-from xception_jax import evaluate, models, train, weights
-from xception_jax.checkpoints import Checkpoints
-from xception_jax.config_defaults import base_config
-from xception_jax.metric_writers import read_metrics
-from xception_jax.state import TrainState
-
-
-def tiny_config(**overrides):
-  c = base_config()
-  c.model_kwargs.width_multiplier = 0.25
-  c.model_kwargs.middle_flow_repeats = 1
-  c.image_size = 71
-  c.batch_size = 8
-  c.learning_rate = 0.01
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 2
-  c.async_checkpoints = False
-  c.shuffle_buffer = 64
-  c.update(overrides)
-  return c
+from helpers import tiny_config
+from xception_jax import models, weights
+from xception_jax.trainer import evaluate, train
+from xception_jax.trainer.checkpoints import Checkpoints
+from xception_jax.trainer.metric_writers import read_metrics
+from xception_jax.trainer.state import TrainState
 
 
 @pytest.mark.long
@@ -54,7 +40,7 @@ def test_mock_imagenet_on_8_devices_counts_every_eval_example(tmp_path):
 def test_resume_is_bitwise_exact(tmp_path):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=10)  # 40 images, 5 steps/epoch.
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=6,
-                       model_kwargs={'width_multiplier': 0.25, 'middle_flow_repeats': 1,
+                       model_kwargs={**models.Xception.tiny_options,
                                      'dropout_rate': 0.5})
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   config.total_steps = 3   # Stop mid-epoch ...

@@ -4,19 +4,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import init, param_count, random_variables, train_gradients, variable_shapes
+from helpers import (REFERENCE_PARAMETER_COUNTS, check_training_step, init, param_count,
+                     random_variables, train_step)
 from xception_jax import models
 
-XCEPTION = 22_855_952          # Paper Table 3 = Keras trainable count = timm legacy_xception.
+XCEPTION = REFERENCE_PARAMETER_COUNTS['xception']   # Paper Table 3 = Keras = timm.
 XCEPTION_NO_TOP = 20_806_952   # Keras Xception(include_top=False) trainable count.
 HEAD = 2048 * 1000 + 1000
-# Shortcut 1×1 convs + BN (γ, β) of blocks 2, 3, 4 and 13 (ARCHITECTURES.md table):
+# Shortcut 1×1 convs + BN (γ, β) of blocks 2, 3, 4 and 13 (docs/architectures.md):
 SHORTCUTS = (64 * 128 + 2 * 128) + (128 * 256 + 2 * 256) + (256 * 728 + 2 * 728) + \
     (728 * 1024 + 2 * 1024)
 # Input channels of the 34 separable convs, in order (paper Figure 5).
 SEPARABLE_INPUTS = [64, 128, 128, 256, 256, 728] + [728] * 24 + [728, 728, 1024, 1536]
 
-TINY = dict(width_multiplier=0.25, middle_flow_repeats=1)
+TINY = models.Xception.tiny_options
 
 
 def test_full_size_parameter_counts():
@@ -48,7 +49,7 @@ def test_option_parameter_counts(options, expected):
 
 def test_middle_flow_repeats_change_count_by_whole_modules():
   middle_module = 3 * (9 * 728 + 728 * 728 + 2 * 728)
-  assert middle_module == 1_613_976  # ARCHITECTURES.md per-part count.
+  assert middle_module == 1_613_976  # The per-part count of docs/architectures.md.
   assert param_count(models.create_model('xception', middle_flow_repeats=2)) == \
       XCEPTION - 6 * middle_module
 
@@ -78,24 +79,6 @@ def test_feature_shapes_and_strides(size, final):
   assert feats['entry_flow'].shape == feats['middle_flow'].shape
 
 
-def test_pooling_options():
-  model = models.create_model('xception', include_top=False, pooling='max', **TINY)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), minval=-1, maxval=1)
-  variables = init(model, 75)
-  pooled = model.apply(variables, x)
-  unpooled = model.clone(pooling=None).apply(variables, x)
-  np.testing.assert_allclose(pooled, unpooled.max(axis=(1, 2)), rtol=1e-6)
-  assert pooled.shape == (2, 512)
-
-
-def test_small_inputs_are_rejected_with_a_clear_message():
-  model = models.create_model('xception', **TINY)
-  with pytest.raises(ValueError, match=r'at least 71x71 pixels, got 70x80'):
-    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 70, 80, 3)))
-  with pytest.raises(ValueError, match='NHWC'):
-    model.init(jax.random.PRNGKey(0), jnp.zeros((70, 80, 3)))
-
-
 def test_channel_segments_must_divide_every_width():
   model = models.create_model('xception', channel_segments=3, **TINY)
   with pytest.raises(ValueError, match='channel_segments=3 must divide the 16 input channels'):
@@ -105,41 +88,6 @@ def test_channel_segments_must_divide_every_width():
 def test_unknown_activation_is_rejected():
   with pytest.raises(ValueError, match="Unknown activation 'gelu'"):
     init(models.create_model('xception', intermediate_activation='gelu', **TINY), 71)
-
-
-@pytest.mark.parametrize('options', [
-    dict(),
-    dict(residual=False),
-    dict(intermediate_activation='relu'),
-    dict(intermediate_activation='elu'),
-    dict(fc_layers=(32, 32)),
-    dict(channel_segments=1),
-    dict(channel_segments=4),
-], ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()) or 'default')
-def test_training_step_gradients_are_finite(options):
-  model = models.create_model('xception', num_classes=5, **TINY, **options)
-  variables = init(model, 71)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 71, 71, 3), minval=-1, maxval=1)
-  labels = jnp.array([0, 1, 2, 3])
-
-  @jax.jit
-  def loss_and_grads(params):
-    def loss_fn(params):
-      logits, state = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                                  x, train=True, rngs={'dropout': jax.random.PRNGKey(2)},
-                                  mutable=['batch_stats'])
-      log_probs = jax.nn.log_softmax(logits)
-      return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean(), state
-    return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-  (loss, state), grads = loss_and_grads(variables['params'])
-  assert np.isfinite(float(loss))
-  norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
-  assert all(np.isfinite(norms)) and sum(norms) > 0
-  # Training mode updates every BN moving statistic.
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state['batch_stats'],
-                         variables['batch_stats'])
-  assert all(jax.tree.leaves(changed))
 
 
 def test_dropout_is_active_only_in_training():
@@ -154,28 +102,17 @@ def test_dropout_is_active_only_in_training():
   np.testing.assert_array_equal(train(3), train(3))
 
 
-def test_bfloat16_compute_with_float32_params():
-  options = dict(num_classes=5, **TINY)
-  model32 = models.create_model('xception', **options)
-  model16 = models.create_model('xception', dtype=jnp.bfloat16, **options)
-  variables = init(model32, 71)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(init(model16, 71)))
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
-  out16, feats = jax.jit(lambda v, x: model16.apply(v, x, return_features=True))(variables, x)
-  out32 = model32.apply(variables, x)
-  assert out16.dtype == jnp.float32  # Logits are returned in float32.
-  assert feats['exit_flow'].dtype == jnp.bfloat16
-  assert np.all(np.isfinite(out16))
-  # bfloat16 has an 8-bit mantissa: logits agree to a few percent of their scale.
-  assert np.abs(out16 - out32).max() < 0.05 * np.abs(out32).max() + 0.05
-
-
-def test_remat_keeps_parameters_values_and_gradients():
-  model = models.create_model('xception', num_classes=5, **TINY)
-  rematerialised = model.clone(remat=True)
+@pytest.mark.parametrize('options', [
+    dict(residual=False, intermediate_activation='relu', fc_layers=(32, 32)),
+    dict(intermediate_activation='elu', channel_segments=1),
+    dict(channel_segments=4),
+], ids=lambda o: ','.join(f'{k}={v}' for k, v in o.items()))
+def test_training_step_with_the_papers_options(options):
+  """The model contract's training step (tests/test_model_contract.py) with the options of
+  Figs. 8-10 and the §1.2 spectrum, three compiled programs for all of them."""
+  model = models.create_model('xception', num_classes=5, **TINY, **options)
   variables = random_variables(model, 71)
-  assert variable_shapes(rematerialised, 71) == jax.tree.map(jnp.shape, variables)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 71, 71, 3), minval=-1, maxval=1)
-  got, want = (train_gradients(m, variables, x) for m in (rematerialised, model))
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 71, 71, 3), minval=-1, maxval=1)
+  (loss, (logits, state)), grads = train_step(model, variables, x, jnp.arange(4))
+  assert logits.shape == (4, 5)
+  check_training_step(variables, loss, state, grads)

@@ -4,7 +4,7 @@ import logging as python_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from xception_jax import host_memory
+from xception_jax.trainer import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -21,7 +21,7 @@ def quiet_checkpoint_logs() -> None:
 def main(argv):
   # Imported here, not above: JAX and TensorFlow take seconds to import, and
   # the process may have re-executed itself (host_memory) before this point.
-  from xception_jax import evaluate, train
+  from xception_jax.trainer import evaluate, train
 
   quiet_checkpoint_logs()
   if len(argv) > 1:

@@ -1,13 +1,14 @@
 """Model zoo: `create_model(name, **kwargs)` returns a `flax.linen.Module`."""
 from xception_jax.models.registry import (create_model, list_models, model_class, parse_options,
                                           register_model)
-from xception_jax.models.ops import compiler_options
+from xception_jax.models.compiler import compiler_options
+from xception_jax.models.execution import Execution
 # Importing a model module registers its names.
 from xception_jax.models.xception import Xception
 from xception_jax.models.inception_v3 import InceptionV3
 from xception_jax.models.inception_v4 import InceptionV4
 from xception_jax.models.inception_resnet import InceptionResNetV1, InceptionResNetV2
 
-__all__ = ['compiler_options', 'create_model', 'list_models', 'model_class', 'parse_options',
+__all__ = ['Execution', 'compiler_options', 'create_model', 'list_models', 'model_class', 'parse_options',
            'register_model',
            'Xception', 'InceptionV3', 'InceptionV4', 'InceptionResNetV1', 'InceptionResNetV2']

@@ -11,14 +11,15 @@ creation order and the tables of the weight importers agree.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from xception_jax.models.execution import Execution
 from xception_jax.models.layers import (Activation, ClassifierHead, ConvBN, ModuleDef, avg_pool,
                                         check_input_size, conv_and_norm_defs, global_pool,
-                                        max_pool, maybe_remat, scaled_channels)
+                                        scaled_channels)
 
 
 class Conv(NamedTuple):
@@ -54,11 +55,11 @@ def conv_bn(spec: Conv, conv: ModuleDef, norm: ModuleDef, width_multiplier: floa
                 strides=spec.stride, padding=spec.padding, name=name)
 
 
-def pool(x: jnp.ndarray, spec: Pool, count_include_pad: bool = False,
-         max_pool_impl: str = 'auto') -> jnp.ndarray:
-  """The pooling `spec` asks for; max pooling computed as `max_pool_impl` says (ops.py)."""
+def pool(x: jnp.ndarray, spec: Pool, max_pool: Callable,
+         count_include_pad: bool = False) -> jnp.ndarray:
+  """The pooling `spec` asks for; max pooling by the injected `max_pool`."""
   if spec.kind == 'max':
-    return max_pool(x, spec.window, spec.stride, spec.padding, impl=max_pool_impl)
+    return max_pool(x, spec.window, spec.stride, spec.padding)
   return avg_pool(x, spec.window, spec.stride, spec.padding, count_include_pad)
 
 
@@ -73,9 +74,9 @@ class InceptionBlock(nn.Module):
   branches: Sequence[Branch]
   conv: ModuleDef
   norm: ModuleDef
+  max_pool: Callable
   width_multiplier: float = 1.0
   count_include_pad: bool = False
-  pool_impl: str = 'auto'
   residual_scale: Optional[float] = None
   activation: Activation = nn.relu
 
@@ -88,7 +89,7 @@ class InceptionBlock(nn.Module):
       y, j = x, 0
       for step in branch:
         if isinstance(step, Pool):
-          y = pool(y, step, self.count_include_pad, self.pool_impl)
+          y = pool(y, step, self.max_pool, self.count_include_pad)
           continue
         if isinstance(step, Split):
           y = jnp.concatenate([layer(s, name=f'branch{i}_{j}{"ab"[k]}')(y)
@@ -108,7 +109,7 @@ class InceptionBlock(nn.Module):
 class InceptionBase(nn.Module):
   """Options and call contract shared by the Inception models (not registered itself).
 
-  A subclass implements `body(x, block, layer, features, train)`: it runs the
+  A subclass implements `body(x, block, layer, max_pool, features, train)`: it runs the
   network to its last feature map, stores the named features, and returns
   the map. The call returns logits (float32) when `include_top`, otherwise
   the last map pooled by `pooling` ('avg', 'max' or None);
@@ -127,20 +128,17 @@ class InceptionBase(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_scale: bool = False
-  pointwise_impl: str = 'auto'              # 'xla' (reference), 'dot'; 'auto': per backend.
-  conv_impl: str = 'auto'                   # 'xla' (reference), 'im2col'; 'auto': per backend.
-  pool_impl: str = 'auto'                   # 'xla' (reference), 'shifted'; 'auto': per backend.
-  norm_impl: str = 'auto'                   # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
-  remat: bool = False                       # Recompute each block's activations in backward.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  execution: Execution = Execution()        # How operations are computed, not what.
 
   min_input_size = 75
   tiny_options = {'width_multiplier': 0.25}  # Seconds-per-step variant (smoke runs).
   model_name = 'inception'
-  feature_names = ()
+  feature_names = ()       # Named feature maps of `return_features`, shallow to deep ...
+  feature_strides = ()     # ... and their strides in input pixels.
 
-  def body(self, x, block, layer, features, train: bool):
+  def body(self, x, block, layer, max_pool, features, train: bool):
     raise NotImplementedError
 
   def auxiliary(self, features, conv, norm) -> Optional[jnp.ndarray]:
@@ -153,15 +151,15 @@ class InceptionBase(nn.Module):
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
-        pointwise_impl=self.pointwise_impl, conv_impl=self.conv_impl, norm_impl=self.norm_impl)
-    block = functools.partial(maybe_remat(InceptionBlock, self.remat), conv=conv, norm=norm,
-                              width_multiplier=self.width_multiplier,
-                              count_include_pad=self.avg_pool_count_include_pad,
-                              pool_impl=self.pool_impl)
+        execution=self.execution)
+    max_pool = self.execution.max_pool()
+    block = functools.partial(self.execution.block(InceptionBlock), conv=conv, norm=norm,
+                              max_pool=max_pool, width_multiplier=self.width_multiplier,
+                              count_include_pad=self.avg_pool_count_include_pad)
     layer = functools.partial(conv_bn, conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier)
     features = {}
-    x = self.body(jnp.asarray(x, self.dtype), block, layer, features, train)
+    x = self.body(jnp.asarray(x, self.dtype), block, layer, max_pool, features, train)
     if not self.include_top:
       x = global_pool(x, self.pooling)
     else:
@@ -173,15 +171,15 @@ class InceptionBase(nn.Module):
     return (x, features) if return_features else x
 
 
-def run_stem(x, steps: Sequence[tuple[Optional[str], Step]], layer, features: dict,
-             record: Sequence[str] = (), pool_impl: str = 'auto'):
+def run_stem(x, steps: Sequence[tuple[Optional[str], Step]], layer, max_pool: Callable,
+             features: dict, record: Sequence[str] = ()):
   """Runs named `(name, Conv)` and unnamed `(None, Pool)` steps in order.
 
   The outputs of the convs named in `record` are stored in `features`.
   """
   for name, step in steps:
     if isinstance(step, Pool):
-      x = pool(x, step, max_pool_impl=pool_impl)
+      x = pool(x, step, max_pool)
     else:
       x = layer(step, name=name)(x)
       if name in record:

@@ -74,9 +74,10 @@ class InceptionResNetV1(_InceptionResNet):
   model_name = 'inception_resnet_v1'
   tiny_options = {'width_multiplier': 0.25, 'block_repeats': (1, 1, 1)}
   feature_names = ('conv_2b', 'conv_4a', 'block35', 'block17', 'block8')
+  feature_strides = (2, 4, 8, 16, 32)
 
-  def body(self, x, block, layer, features, train):
-    x = run_stem(x, V1_STEM, layer, features, record=_STEM_FEATURES, pool_impl=self.pool_impl)
+  def body(self, x, block, layer, max_pool, features, train):
+    x = run_stem(x, V1_STEM, layer, max_pool, features, record=_STEM_FEATURES)
     stages = self.stages(V1_MIXED_6A, V1_MIXED_7A, (V1_BLOCK35, V1_BLOCK17, V1_BLOCK8))
     return residual_stages(x, block, stages, self.residual_scales, features)
 
@@ -97,10 +98,11 @@ class InceptionResNetV2(_InceptionResNet):
   model_name = 'inception_resnet_v2'
   tiny_options = {'width_multiplier': 0.25, 'block_repeats': (1, 1, 1)}
   feature_names = ('conv_2b', 'conv_4a', 'block35', 'block17', 'block8', 'conv_7b')
+  feature_strides = (2, 4, 8, 16, 32, 32)
 
-  def body(self, x, block, layer, features, train):
-    x = run_stem(x, V3_STEM, layer, features, record=_STEM_FEATURES, pool_impl=self.pool_impl)
-    x = pool(x, REDUCE, max_pool_impl=self.pool_impl)
+  def body(self, x, block, layer, max_pool, features, train):
+    x = run_stem(x, V3_STEM, layer, max_pool, features, record=_STEM_FEATURES)
+    x = pool(x, REDUCE, max_pool)
     x = block(V2_MIXED_5B, name='mixed_5b')(x)
     stages = self.stages(V2_MIXED_6A, V2_MIXED_7A, (V2_BLOCK35, V2_BLOCK17, V2_BLOCK8))
     x = residual_stages(x, block, stages, self.residual_scales, features, last_linear=True)

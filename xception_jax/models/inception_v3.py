@@ -95,11 +95,11 @@ class InceptionV3(InceptionBase):
   model_name = 'inception_v3'
   aux_min_input_size = AUX_MIN_INPUT
   feature_names = ('conv_2b', 'conv_4a', 'mixed_5', 'mixed_6', 'mixed_7')
+  feature_strides = (2, 4, 8, 16, 32)
 
-  def body(self, x, block, layer, features, train):
-    x = run_stem(x, V3_STEM, layer, features, record=('conv_2b', 'conv_4a'),
-                 pool_impl=self.pool_impl)
-    x = pool(x, REDUCE, max_pool_impl=self.pool_impl)
+  def body(self, x, block, layer, max_pool, features, train):
+    x = run_stem(x, V3_STEM, layer, max_pool, features, record=('conv_2b', 'conv_4a'))
+    x = pool(x, REDUCE, max_pool)
     for suffix, pool_features in zip('bcd', (32, 64, 64)):
       x = block(module_35(pool_features), name=f'mixed_5{suffix}')(x)
     features['mixed_5'] = x

@@ -52,9 +52,10 @@ class InceptionV4(InceptionBase):
   model_name = 'inception_v4'
   tiny_options = {'width_multiplier': 0.25, 'block_repeats': (1, 1, 1)}
   feature_names = ('conv_2b', 'mixed_4a', 'inception_a', 'inception_b', 'inception_c')
+  feature_strides = (2, 4, 8, 16, 32)
 
-  def body(self, x, block, layer, features, train):
-    x = run_stem(x, V3_STEM[:3], layer, features, record=('conv_2b',), pool_impl=self.pool_impl)
+  def body(self, x, block, layer, max_pool, features, train):
+    x = run_stem(x, V3_STEM[:3], layer, max_pool, features, record=('conv_2b',))
     x = block(MIXED_3A, name='mixed_3a')(x)
     x = features['mixed_4a'] = block(MIXED_4A, name='mixed_4a')(x)
     x = block(MIXED_5A, name='mixed_5a')(x)

@@ -1,6 +1,6 @@
 """Building blocks shared by every model: conv-BN, separable conv, pooling, head.
 
-Conventions (see ARCHITECTURES.md): NHWC, TensorFlow "SAME" padding (XLA's
+Conventions (docs/architectures.md): NHWC, TensorFlow "SAME" padding (XLA's
 SAME pads asymmetrically exactly like TF), convolutions without bias followed
 by batch norm, average pooling that excludes padding unless asked otherwise.
 Layers receive their convolution and normalisation as `functools.partial`
@@ -14,10 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
-from xception_jax.models.ops import (batch_norm_train, conv_general_dilated_fn, resolve_impl,
-                                    shifted_max_pool)
+from xception_jax.models.execution import Execution
 
 ModuleDef = Any
 Activation = Optional[Callable[[jnp.ndarray], jnp.ndarray]]
@@ -59,17 +57,6 @@ def check_input_size(x: jnp.ndarray, minimum: int, model_name: str) -> None:
                      f'got {height}x{width}; resize or pad the images.')
 
 
-def max_pool(x: jnp.ndarray, window: int, stride: int, padding: Any = 'SAME',
-             impl: str = 'auto') -> jnp.ndarray:
-  """Square max pool computed as `impl` says ('xla', 'shifted', 'auto'; see ops.py).
-
-  `padding` is SAME, VALID or explicit ((top, bottom), (left, right)) pairs.
-  """
-  if resolve_impl('pool', impl) == 'shifted':
-    return shifted_max_pool(x, (window, window), (stride, stride), padding)
-  return nn.max_pool(x, (window, window), (stride, stride), padding)
-
-
 def avg_pool(x: jnp.ndarray, window: int, stride: int, padding: str = 'SAME',
              count_include_pad: bool = False) -> jnp.ndarray:
   """Average pool in `x`'s dtype; by default TF's SAME convention (padding not counted)."""
@@ -89,80 +76,22 @@ def global_pool(x: jnp.ndarray, kind: Optional[str]) -> jnp.ndarray:
   raise ValueError(f"pooling must be None, 'avg' or 'max', got {kind!r}.")
 
 
-class FusedBatchNorm(nn.Module):
-  """nn.BatchNorm over the last axis, with the same variables, defaults and results.
-
-  Training mode computes the statistics and the gradient with
-  `ops.batch_norm_train` (one pass over the activations for each, where
-  autodiff of nn.BatchNorm takes about five); inference mode is nn.BatchNorm's
-  formula. Names ('mean', 'var' in batch_stats; 'scale', 'bias' in params),
-  initialisers and the running-average update are nn.BatchNorm's, so either
-  layer reads the other's checkpoints.
-  """
-  use_running_average: Optional[bool] = None
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  axis_name: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, x, use_running_average: Optional[bool] = None):
-    use_running_average = nn.merge_param('use_running_average', self.use_running_average,
-                                         use_running_average)
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
-    scale = (self.param('scale', nn.initializers.ones, features, self.param_dtype)
-             if self.use_scale else jnp.ones(features, jnp.float32))
-    bias = (self.param('bias', nn.initializers.zeros, features, self.param_dtype)
-            if self.use_bias else jnp.zeros(features, jnp.float32))
-    dtype = self.dtype or jnp.result_type(x, *(p for p, used in ((scale, self.use_scale),
-                                                                 (bias, self.use_bias)) if used))
-    if use_running_average:
-      y = (x - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
-      return jnp.asarray(y, dtype)
-    axis_name = None if self.is_initializing() else self.axis_name
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, axis_name)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return jnp.asarray(y, dtype)
-
-
 def conv_and_norm_defs(*, train: bool, dtype: Any, param_dtype: Any, bn_momentum: float,
-                       bn_epsilon: float, bn_scale: bool, bn_axis_name: Optional[str] = None,
-                       depthwise_impl: str = 'auto', pointwise_impl: str = 'auto',
-                       conv_impl: str = 'auto',
-                       norm_impl: str = 'auto') -> tuple[ModuleDef, ModuleDef]:
+                       bn_epsilon: float, bn_scale: bool, execution: Execution,
+                       bn_axis_name: Optional[str] = None) -> tuple[ModuleDef, ModuleDef]:
   """The (conv, norm) module definitions every model injects into its layers.
 
-  The conv computes depthwise, 1×1 and other convs as `depthwise_impl`,
-  `pointwise_impl` and `conv_impl` say, the norm is nn.BatchNorm ('xla') or FusedBatchNorm
-  ('fused'); see ops.py. Parameters are nn.Conv's and nn.BatchNorm's either way.
+  Convs are nn.Conv without bias, computed in `execution`'s forms; the norm is
+  nn.BatchNorm or FusedBatchNorm as `execution.norm` says. Parameters are
+  nn.Conv's and nn.BatchNorm's either way.
   """
   conv = functools.partial(nn.Conv, use_bias=False, kernel_init=KERNEL_INIT,
                            dtype=dtype, param_dtype=param_dtype,
-                           conv_general_dilated=conv_general_dilated_fn(
-                               depthwise_impl, pointwise_impl, conv_impl))
-  norm_layer = FusedBatchNorm if resolve_impl('norm', norm_impl) == 'fused' else nn.BatchNorm
-  norm = functools.partial(norm_layer, use_running_average=not train, momentum=bn_momentum,
-                           epsilon=bn_epsilon, use_scale=bn_scale, axis_name=bn_axis_name,
-                           dtype=dtype, param_dtype=param_dtype)
+                           conv_general_dilated=execution.conv_general_dilated())
+  norm = functools.partial(execution.norm_layer(), use_running_average=not train,
+                           momentum=bn_momentum, epsilon=bn_epsilon, use_scale=bn_scale,
+                           axis_name=bn_axis_name, dtype=dtype, param_dtype=param_dtype)
   return conv, norm
-
-
-def maybe_remat(block: type[nn.Module], remat: bool) -> type[nn.Module]:
-  """`block`, or with `remat` its `nn.remat` version, whose activations are recomputed.
-
-  A rematerialised block keeps only its inputs for the backward pass and runs
-  its forward pass again there: activation memory falls to about one block's
-  worth plus the block inputs, for roughly one more forward pass of compute.
-  Parameter names and shapes are the same either way.
-  """
-  return nn.remat(block) if remat else block
 
 
 class ConvBN(nn.Module):

@@ -43,9 +43,16 @@ def model_name(model: Any) -> Optional[str]:
 def create_model(name: str, **kwargs) -> nn.Module:
   """Builds the model `name` with its attributes overridden by `kwargs`.
 
-  Unknown keyword arguments raise a ValueError naming them and the valid ones.
+  `execution` may be an `Execution` or a mapping of its fields (a config
+  entry); the older per-operation options (`depthwise_impl`, ..., `remat`) are
+  folded into it with a DeprecationWarning. Unknown keyword arguments raise a
+  ValueError naming them and the valid ones.
   """
+  from xception_jax.models.execution import Execution, split_legacy_options
   cls = model_class(name)
+  kwargs = split_legacy_options(name, dict(kwargs))
+  if 'execution' in kwargs:
+    kwargs['execution'] = Execution.of(kwargs['execution'])
   fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
   unknown = sorted(set(kwargs) - fields)
   if unknown:

@@ -8,16 +8,16 @@ Every separable conv is followed by batch norm; ReLU precedes it inside modules.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from xception_jax.models import registry
+from xception_jax.models.execution import Execution
 from xception_jax.models.layers import (ClassifierHead, ConvBN, ModuleDef, SeparableConvBN,
                                         activation_by_name, check_input_size,
-                                        conv_and_norm_defs, global_pool, max_pool, maybe_remat,
-                                        scaled_channels)
+                                        conv_and_norm_defs, global_pool, scaled_channels)
 
 
 # TF's SAME pads a stride-2 3×3 pool 0 before / 1 after on even sizes; PyTorch pads 1 / 1
@@ -37,11 +37,11 @@ class XceptionModule(nn.Module):
   sep: ModuleDef
   conv: ModuleDef
   norm: ModuleDef
+  max_pool: Callable
   downsample: bool
   residual: bool = True
   relu_first: bool = True
   pool_padding: str = 'same'
-  pool_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -51,7 +51,7 @@ class XceptionModule(nn.Module):
         x = nn.relu(x)
       x = self.sep(width, name=f'sepconv{i + 1}')(x)
     if self.downsample:
-      x = max_pool(x, 3, 2, POOL_PADDINGS[self.pool_padding], impl=self.pool_impl)
+      x = self.max_pool(x, 3, 2, POOL_PADDINGS[self.pool_padding])
     if not self.residual:
       return x
     if self.downsample:
@@ -78,12 +78,6 @@ class Xception(nn.Module):
   intermediate_activation: Optional[str] = None   # 'relu' / 'elu': Fig. 10.
   fc_layers: Sequence[int] = ()             # (4096, 4096): the JFT variant, Fig. 8.
   channel_segments: Optional[int] = None    # None = depthwise; 1 = full 3×3 conv (§1.2).
-  depthwise_impl: str = 'auto'             # 'xla' (reference), 'shifted'; 'auto': per backend.
-  pointwise_impl: str = 'auto'             # 'xla' (reference), 'dot'; 'auto': per backend.
-  conv_impl: str = 'auto'                  # 'xla' (reference), 'im2col'; 'auto': per backend.
-  pool_impl: str = 'auto'                  # 'xla' (reference), 'shifted'; 'auto': per backend.
-  norm_impl: str = 'auto'                  # 'xla' (nn.BatchNorm), 'fused'; 'auto': per backend.
-  remat: bool = False                      # Recompute each block's activations in backward.
   width_multiplier: float = 1.0
   middle_flow_repeats: int = 8
   pool_padding: str = 'same'                # 'symmetric': timm's legacy_xception.
@@ -92,11 +86,13 @@ class Xception(nn.Module):
   bn_scale: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  execution: Execution = Execution()        # How operations are computed, not what.
 
   min_input_size = 71
   # A seconds-per-step variant for smoke runs and tests.
   tiny_options = {'width_multiplier': 0.25, 'middle_flow_repeats': 1}
   feature_names = ('stem', 'block2', 'block3', 'entry_flow', 'middle_flow', 'exit_flow')
+  feature_strides = (2, 4, 8, 16, 16, 32)
 
   @nn.compact
   def __call__(self, x, train: bool = False, return_features: bool = False):
@@ -106,16 +102,15 @@ class Xception(nn.Module):
     conv, norm = conv_and_norm_defs(
         train=train, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
-        depthwise_impl=self.depthwise_impl, pointwise_impl=self.pointwise_impl,
-        conv_impl=self.conv_impl, norm_impl=self.norm_impl)
+        execution=self.execution)
     sep_options = dict(conv=conv, norm=norm, segments=self.channel_segments,
                        intermediate_activation=activation_by_name(self.intermediate_activation))
     sep = functools.partial(SeparableConvBN, **sep_options)
     # Rematerialisation units: each module and each exit-flow separable conv.
-    module = functools.partial(maybe_remat(XceptionModule, self.remat), sep=sep, conv=conv,
-                               norm=norm, residual=self.residual, pool_padding=self.pool_padding,
-                               pool_impl=self.pool_impl)
-    exit_sep = functools.partial(maybe_remat(SeparableConvBN, self.remat), activation=nn.relu,
+    module = functools.partial(self.execution.block(XceptionModule), sep=sep, conv=conv,
+                               norm=norm, max_pool=self.execution.max_pool(),
+                               residual=self.residual, pool_padding=self.pool_padding)
+    exit_sep = functools.partial(self.execution.block(SeparableConvBN), activation=nn.relu,
                                  **sep_options)
     c = functools.partial(scaled_channels, width_multiplier=self.width_multiplier)
     exit_block = 5 + self.middle_flow_repeats

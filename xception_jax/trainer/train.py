@@ -5,20 +5,22 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from xception_jax import distributed, model_table, models, optim, sharding, steps, weights
-from xception_jax.checkpoints import Checkpoints
+from xception_jax import models, weights
+from xception_jax.trainer import distributed, optim, sharding, steps
+from xception_jax.tools import model_table
+from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import pipeline, preprocessing, sources
-from xception_jax.evaluate import Evaluator
-from xception_jax.metric_writers import MetricWriter, Progress, progress_line
-from xception_jax.preemption import PreemptionWatcher
-from xception_jax.state import TrainState, build_model, create_train_state
+from xception_jax.trainer.evaluate import Evaluator
+from xception_jax.trainer.metric_writers import MetricWriter, Progress, progress_line
+from xception_jax.trainer.preemption import PreemptionWatcher
+from xception_jax.trainer.state import TrainState, build_model, create_train_state
 
 BATCH_NORM_SCOPES = ('device', 'global')
 TASK_FILE = 'task.json'  # {'multilabel': bool}: how the model's outputs read (predict).

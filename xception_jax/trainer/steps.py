@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xception_jax import multilabel as multilabel_metrics
-from xception_jax import optim
-from xception_jax.state import TrainState
+from xception_jax.trainer import losses
+from xception_jax.trainer import multilabel as multilabel_metrics
+from xception_jax.trainer import optim
+from xception_jax.trainer.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,8 @@ class StepConfig:
 def example_losses(logits: jnp.ndarray, labels: jnp.ndarray, config: StepConfig) -> jnp.ndarray:
   """Per-example loss: sigmoid cross-entropy (multi-label) or softmax cross-entropy."""
   if config.multilabel:
-    return optim.sigmoid_cross_entropy(logits, labels)
-  return optim.cross_entropy(logits, labels, config.num_classes, config.label_smoothing)
+    return losses.sigmoid_cross_entropy(logits, labels)
+  return losses.cross_entropy(logits, labels, config.num_classes, config.label_smoothing)
 
 
 def top1_correct(logits: jnp.ndarray, labels: jnp.ndarray, multilabel: bool) -> jnp.ndarray:
@@ -137,18 +138,18 @@ def classification_counts(logits: jnp.ndarray, labels: jnp.ndarray,
   top = jax.lax.top_k(logits, min(5, num_classes))[1]
   hits = top == labels[:, None]
   return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
-          'loss': jnp.sum(optim.cross_entropy(logits, labels, num_classes) * mask)}
+          'loss': jnp.sum(losses.cross_entropy(logits, labels, num_classes) * mask)}
 
 
 def multilabel_counts(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray, top_k: int,
                       class_weights: Optional[jnp.ndarray] = None
                       ) -> tuple[dict[str, jnp.ndarray], dict[str, jnp.ndarray]]:
-  """Masked sums (loss; 'ap_sum' of AP@top_k, see xception_jax.multilabel) and the rankings.
+  """Masked sums (loss; 'ap_sum' of AP@top_k, see xception_jax.trainer.multilabel) and the rankings.
 
   Rankings: each example's top-k 'classes', 'scores' and 'relevant' ([batch, k]).
   """
   ranked = multilabel_metrics.average_precision_at_k(logits, labels, top_k, class_weights)
-  sums = {'loss': jnp.sum(optim.sigmoid_cross_entropy(logits, labels) * mask),
+  sums = {'loss': jnp.sum(losses.sigmoid_cross_entropy(logits, labels) * mask),
           'ap_sum': jnp.sum(ranked['ap'] * mask)}
   return sums, {k: ranked[k] for k in ('classes', 'scores', 'relevant')}
 

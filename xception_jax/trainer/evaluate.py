@@ -11,11 +11,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from xception_jax import distributed, models, multilabel, sharding, steps, weights
-from xception_jax.checkpoints import Checkpoints
+from xception_jax import models, weights
+from xception_jax.trainer import distributed, multilabel, sharding, steps
+from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import pipeline, sources
-from xception_jax.metric_writers import MetricWriter
-from xception_jax.state import build_model
+from xception_jax.trainer.metric_writers import MetricWriter
+from xception_jax.trainer.state import build_model
 
 METRICS = ('top1', 'top5', 'loss')
 PER_CLASS_FILE = 'per_class_ap.json'
@@ -26,7 +27,7 @@ class Evaluator:
 
   Single-label data: top-1, top-5, loss. Multi-label data (`source.multilabel`):
   loss, MAP@k ('map100' for k = 100) and the class-weighted mean of the
-  per-class APs ('class_map'), as defined in xception_jax.multilabel; the
+  per-class APs ('class_map'), as defined in xception_jax.trainer.multilabel; the
   per-class APs of the last call are in `per_class_ap`.
   """
 

@@ -10,6 +10,8 @@
   linear warm-up, learning rate scaled by global batch / reference batch.
 - Weight decay as an L2 term, wd/2 · Σ‖kernel‖² (tf.nn.l2_loss convention, so
   the gradient is wd · kernel), on conv and dense kernels only.
+- Polyak averaging with TF's warm-up.
+The losses are in losses.py.
 """
 from __future__ import annotations
 
@@ -84,26 +86,6 @@ def l2_penalty(params: Any, weight_decay: float) -> jnp.ndarray:
   kernels = [leaf for path, leaf in traverse_util.flatten_dict(params).items()
              if path[-1] == 'kernel']
   return 0.5 * weight_decay * sum(jnp.sum(jnp.square(k.astype(jnp.float32))) for k in kernels)
-
-
-def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, num_classes: int,
-                  label_smoothing: float = 0.0) -> jnp.ndarray:
-  """Per-example softmax cross-entropy with integer labels and optional smoothing."""
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def sigmoid_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  """Per-example sigmoid cross-entropy of multi-hot labels, summed over the classes.
-
-  Summed, not averaged, over classes: an example's loss stays on the scale of a
-  softmax cross-entropy whatever the number of classes (17,000 for JFT), so
-  the weight decay keeps its meaning relative to the loss.
-  """
-  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
-                                            labels.astype(jnp.float32)).sum(axis=-1)
 
 
 def ema_decay(step: jnp.ndarray, decay: float, warmup: bool) -> jnp.ndarray:

@@ -45,7 +45,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   if config.dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}.")
   model = models.create_model(config.model, num_classes=num_classes,
-                              dtype=DTYPES[config.dtype], **config.get('model_kwargs', {}))
+                              dtype=DTYPES[config.dtype], execution=config.get('execution'),
+                              **config.get('model_kwargs', {}))
   if config.image_size < model.min_input_size:
     raise ValueError(f'image_size {config.image_size} is below the minimum of {config.model} '
                      f'({model.min_input_size}x{model.min_input_size}); raise image_size.')

@@ -18,6 +18,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Model: any name of models.list_models(); model_kwargs are its module attributes.
   c.model = 'xception'
   c.model_kwargs = ml_collections.ConfigDict()
+  # How the model's operations are computed (models.Execution; never what they compute):
+  # 'auto' picks the measured fastest form per backend, 'xla' is XLA's own operation.
+  # remat=True recomputes each block's activations in the backward pass (less memory).
+  c.execution = ml_collections.ConfigDict(dict(
+      depthwise='auto', pointwise='auto', conv='auto', pool='auto', norm='auto', remat=False))
   c.dtype = 'float32'            # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
   c.init_from = ''               # Converted weights (python -m xception_jax.convert) to start from.
 
@@ -42,9 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 1.0
   c.total_steps = 0              # > 0 overrides num_epochs.
   # Training steps per jitted call (Keras' steps_per_execution): the same steps in one
-  # program; on CPU 2 trains full-size models 2-17 % faster but compiles twice as long
-  # (README, Speed). A call also ends where logging, evaluation or a checkpoint is due,
-  # so set those to multiples of it.
+  # program, which pays on CPU for long runs (docs/performance.md). A call also ends where
+  # logging, evaluation or a checkpoint is due, so set those to multiples of it.
   c.steps_per_call = 1
 
   # Optimizer and schedule.
@@ -74,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.9999
   c.ema_warmup = True
 
-  # Multi-label evaluation (xception_jax/multilabel.py): MAP@map_top_k over each image's top
+  # Multi-label evaluation (trainer/multilabel.py): MAP@map_top_k over each image's top
   # predictions; class_weights: a JSON file {class name: weight} (FastEval14k-style weights).
   c.map_top_k = 100
   c.class_weights = ''

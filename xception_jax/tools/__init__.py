@@ -1,0 +1,1 @@
+"""Command-line tools around the models and runs (each also `python -m xception_jax.NAME`)."""

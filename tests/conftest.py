@@ -21,6 +21,13 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='xcep
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
+def expected_seconds(item) -> float:
+  """A test's `long` mark's `seconds` (20 if it names none), 0 for tests not marked long."""
+  mark = item.get_closest_marker('long')
+  return 0.0 if mark is None else float(mark.kwargs.get('seconds', 20))
+
+
 def pytest_collection_modifyitems(items):
-  """Tests marked `long` first: on two xdist workers no long test is left to run alone at the end."""
-  items.sort(key=lambda item: item.get_closest_marker('long') is None)
+  """Longest first (`long` marks, then the rest in their order): the two xdist workers, which
+  take work from each other's queues (pyproject: --dist=worksteal), then end together."""
+  items.sort(key=lambda item: -expected_seconds(item))

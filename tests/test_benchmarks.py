@@ -19,7 +19,7 @@ def run(*args):
                         check=True).stdout
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=40)
 def test_throughput_prints_a_row_per_variant(tmp_path):
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=timm', '--no-record',

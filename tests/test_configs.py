@@ -38,7 +38,7 @@ def test_local_variant_builds_its_model_and_state(path, tmp_path):
   assert setup.model.__class__.__name__.lower().startswith(config.model.split('_')[0])
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=32)
 def test_local_variant_trains(tmp_path):
   config = load(Path('configs/imagenet.py'), 'local')
   config.data_dir = str(tmp_path / 'data')

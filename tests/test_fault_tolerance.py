@@ -19,7 +19,7 @@ from xception_jax.trainer.metric_writers import read_metrics
 TOTAL_STEPS = 12
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=110)
 def test_kill_9_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)  # 5 steps per epoch.
   common = dict(config__total_steps=TOTAL_STEPS,
@@ -58,6 +58,9 @@ def test_kill_9_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
   expected, got = (Checkpoints(d / 'checkpoints').restore_arrays(TOTAL_STEPS)
                    for d in (tmp_path / 'straight', workdir))
   jax.tree.map(np.testing.assert_array_equal, got, expected)
+  # Resumed across epoch boundaries (5 steps per epoch), dropout on: the same evaluation too.
+  assert json.loads((workdir / 'final_metrics.json').read_text()) == \
+      json.loads((tmp_path / 'straight' / 'final_metrics.json').read_text())
 
 
 def truncate_files(directory: Path) -> int:
@@ -70,11 +73,11 @@ def truncate_files(directory: Path) -> int:
   return count
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=45)
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=4)
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=4,
-                       checkpoint_every_steps=2)
+                       checkpoint_every_steps=2, keep_checkpoints=2)
   workdir = tmp_path / 'run'
   train.train_and_evaluate(config, str(workdir))
   assert Checkpoints(workdir / 'checkpoints').steps() == [2, 4]
@@ -84,7 +87,8 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     train.train_and_evaluate(config, str(workdir))
   assert re.search(r'Checkpoint at step 4 .* is unreadable .*falling back', caplog.text)
   assert (workdir / 'checkpoints' / '4.damaged').is_dir()
-  assert Checkpoints(workdir / 'checkpoints').steps() == [2, 4, 6]  # 4 trained again from 2.
+  # 4 trained again from 2; the newest two of 2, 4 and 6 are kept, the damaged one set aside.
+  assert Checkpoints(workdir / 'checkpoints').steps() == [4, 6]
   train_steps = [r['step'] for r in read_metrics(workdir) if 'train/loss' in r]
   assert train_steps == [1, 2, 3, 4, 5, 6]
 
@@ -103,6 +107,7 @@ def inject_nan_at(monkeypatch, step):
   monkeypatch.setattr(train.sharding, 'global_batch', global_batch)
 
 
+@pytest.mark.long
 def test_injected_nan_stops_the_run_and_keeps_checkpoints_intact(tmp_path, monkeypatch):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=4)
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=5,
@@ -118,6 +123,7 @@ def test_injected_nan_stops_the_run_and_keeps_checkpoints_intact(tmp_path, monke
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored['params']))
 
 
+@pytest.mark.long
 def test_skip_mode_steps_over_a_non_finite_batch(tmp_path, monkeypatch):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=4)
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=4,

@@ -79,6 +79,7 @@ def test_per_stage_options_need_three_values(name, option):
     tree.variable_template(model)
 
 
+@pytest.mark.long
 def test_auxiliary_logits_contract():
   model = models.create_model('inception_v3', num_classes=5, aux_logits=True,
                               **models.InceptionV3.tiny_options)

@@ -25,6 +25,7 @@ def reference(request):
   return name, model, weights.from_keras(name, model)
 
 
+@pytest.mark.long
 def test_logits_equal_keras_at_299_and_107(reference):
   name, keras_model, converted = reference
   model = models.create_model(name)
@@ -54,6 +55,7 @@ def test_mismatches_name_the_keras_layers(reference):
       weights.from_keras(name, keras_model, block_repeats=(10, 20, 9))
 
 
+@pytest.mark.long
 def test_backbone_from_an_official_style_weights_file(tmp_path):
   # The official Keras ImageNet files are weights-only legacy h5; loading one builds a fresh
   # application whose layers Keras numbers anew.

@@ -66,6 +66,7 @@ def test_backbone_only_import_from_a_model_with_top(keras_xception, converted):
   jax.tree.map(np.testing.assert_array_equal, backbone, without_head)
 
 
+@pytest.mark.long
 def test_every_keras_file_format_converts_to_the_same_weights(keras_xception, converted,
                                                                tmp_path):
   legacy = tmp_path / 'xception_weights_tf_dim_ordering_tf_kernels.h5'
@@ -78,6 +79,7 @@ def test_every_keras_file_format_converts_to_the_same_weights(keras_xception, co
     jax.tree.map(np.testing.assert_array_equal, loaded, converted)
 
 
+@pytest.mark.long
 def test_converted_weights_round_trip_through_an_orbax_checkpoint(keras_xception, converted,
                                                                    tmp_path):
   legacy = tmp_path / 'weights.h5'

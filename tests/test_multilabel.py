@@ -106,6 +106,7 @@ def test_sigmoid_training_lowers_the_loss_on_a_fixed_batch():
   assert 0 <= float(metrics['precision_at_1']) <= 1
 
 
+@pytest.mark.long
 def test_multilabel_run_on_8_devices_evaluates_map_and_per_class_ap(tmp_path):
   assert jax.device_count() == 8
   config = load_config('configs/jft_like.py:local')

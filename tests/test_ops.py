@@ -231,6 +231,7 @@ def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog
       "depthwise='shifted' with pointwise='dot'"]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize('name, size, forms, dtype, tol', [
     ('xception', 71, dict(depthwise='shifted', conv='im2col'), jnp.float32, 1e-4),
     # Training-mode BN over Inception-V3's last, 1×1 maps of 2 images is so
@@ -289,6 +290,7 @@ def test_fused_batch_norm_bfloat16_and_no_scale():
                jax.tree.map(lambda a: a.astype(jnp.float32), want), tol=2e-2)
 
 
+@pytest.mark.long
 def test_fused_batch_norm_synchronises_over_devices():
   """With axis_name, statistics and gradients are the whole batch's, as with nn.BatchNorm."""
   # Two of the CPU devices conftest makes, so the test runs on a one-GPU machine too.

@@ -58,6 +58,7 @@ def test_summary_command_line():
   assert 'xception at 71x71' in result.stdout and 'Trainable parameters:' in result.stdout
 
 
+@pytest.mark.long
 def test_convert_command_line(tmp_path):
   import keras
   reference = keras.applications.Xception(weights=None, input_shape=(71, 71, 3), classes=10)

@@ -51,7 +51,7 @@ def assert_updates_close(start, a, b, rtol):
   assert max(jax.tree.leaves(errors)) < rtol, max(jax.tree.leaves(errors))
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=30)
 @pytest.mark.parametrize('bn_groups', [1, 8])
 def test_sharded_step_on_8_devices_equals_one_device(bn_groups):
   """In float64, where it is exact to ~1e-12: the early BN biases' gradients cancel so
@@ -85,6 +85,7 @@ def test_per_device_batch_norm_differs_from_global():
   assert np.abs(kernel(grouped) - kernel(whole)).max() > 1e-6
 
 
+@pytest.mark.long
 def test_ema_of_params_and_batch_stats_after_a_step():
   model, data = tiny_xception(), batch()
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))

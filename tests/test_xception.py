@@ -90,6 +90,7 @@ def test_unknown_activation_is_rejected():
     init(models.create_model('xception', intermediate_activation='gelu', **TINY), 71)
 
 
+@pytest.mark.long
 def test_dropout_is_active_only_in_training():
   model = models.create_model('xception', num_classes=5, dropout_rate=0.5, **TINY)
   variables = init(model, 71)

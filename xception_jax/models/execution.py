@@ -133,9 +133,9 @@ def split_legacy_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
   legacy = {key: options.pop(key) for key in list(options) if key in LEGACY_OPTIONS}
   if not legacy:
     return options
+  replacement = ', '.join(f'{LEGACY_OPTIONS[k]}={v!r}' for k, v in legacy.items())
   warnings.warn(f'{name}: {", ".join(sorted(legacy))} are deprecated; pass '
-                f'execution=Execution({", ".join(f"{LEGACY_OPTIONS[k]}={v!r}" for k, v in legacy.items())}) '
-                'instead.', DeprecationWarning, stacklevel=3)
+                f'execution=Execution({replacement}) instead.', DeprecationWarning, stacklevel=3)
   current = Execution.of(options.get('execution'))
   options['execution'] = current.replace(**{LEGACY_OPTIONS[k]: v for k, v in legacy.items()})
   return options

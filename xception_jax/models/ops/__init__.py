@@ -1,8 +1,9 @@
 """Fast forms of the operations whose XLA kernels are slow, one module per family.
 
 Each form equals XLA's operation up to float rounding, gradients included, and
-keeps its parameters: `Execution` (models/execution.py) picks among them.
-  depthwise   shifted_depthwise: summed shifted slices (grouped convs on CPU are 10-25× slower)
+keeps its parameters: `Execution` (models/execution.py) picks among them. Why
+each exists and what it gains: docs/performance.md.
+  depthwise   shifted_depthwise: summed shifted slices instead of a grouped conv
   convs       pointwise_dot, im2col_conv and the dispatching conv_general_dilated_fn
   pooling     shifted_max_pool: maximum of shifted windows, gradient as select-and-scatter
   batch_norm  batch_norm_train and FusedBatchNorm: the gradient in two sums and one pass

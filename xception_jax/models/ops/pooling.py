@@ -22,10 +22,9 @@ def shifted_max_pool(x: jnp.ndarray, window: tuple[int, int], strides: tuple[int
 
   The forward pass is the maximum of shifted slices in one loop, stored
   (`stored`) so that consumers reading neighbours, such as a depthwise conv,
-  do not compute it again; XLA's reduce-window took 5-9× as long on CPU. The
-  gradient goes to the first maximal element of each window in row-major
-  order, as XLA's select-and-scatter does, but is computed from shifted
-  windows in two loops.
+  do not compute it again. The gradient goes to the first maximal element of
+  each window in row-major order, as XLA's select-and-scatter does, but is
+  computed from shifted windows in two loops.
   """
   # The backward pass finds each window's maximum again from `x` rather than
   # comparing with the forward output: XLA may compute `x` in two fusions with

@@ -76,7 +76,7 @@ def test_glibc_version_is_read_from_the_running_c_library():
     assert version is None
 
 
-def test_the_main_job_runs_with_huge_pages_where_this_machine_allows_them(tmp_path):
+def test_the_main_job_logs_its_huge_pages_and_reports_bad_input_in_one_line(tmp_path):
   environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   expected, why = host_memory.huge_page_environment(
       environ, host_memory.glibc_version(), host_memory.thp_mode(),
@@ -87,6 +87,7 @@ def test_the_main_job_runs_with_huge_pages_where_this_machine_allows_them(tmp_pa
        f'--workdir={tmp_path}', '--config.model=nope', f'--config.data_dir={tmp_path}'],
       capture_output=True, text=True, timeout=300, env=environ)
   assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith("error: Unknown model 'nope'")
   line = next(l for l in result.stderr.splitlines() if 'malloc huge pages:' in l)
   if expected is None:
     assert line.endswith(why)

@@ -7,6 +7,8 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import flax.linen as nn
 
+from xception_jax.models.execution import Execution, split_legacy_options
+
 _MODELS: dict[str, type[nn.Module]] = {}
 ModelClass = TypeVar('ModelClass', bound=type)
 
@@ -48,7 +50,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
   folded into it with a DeprecationWarning. Unknown keyword arguments raise a
   ValueError naming them and the valid ones.
   """
-  from xception_jax.models.execution import Execution, split_legacy_options
   cls = model_class(name)
   kwargs = split_legacy_options(name, dict(kwargs))
   if 'execution' in kwargs:

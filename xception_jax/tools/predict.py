@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -25,7 +26,7 @@ from absl import app, flags
 from xception_jax import models, weights
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import preprocessing
-from xception_jax.trainer.state import DTYPES
+from xception_jax.trainer.state import build_model
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to take everything from.')
 _RAW = flags.DEFINE_bool('raw', False, 'Use the raw instead of the averaged (EMA) weights.')
@@ -76,9 +77,7 @@ def from_workdir(workdir: str,
   saved = checkpoints.restore_arrays(checkpoints.steps()[-1])
   prefix = '' if raw else 'ema_'
   variables = {'params': saved[f'{prefix}params'], 'batch_stats': saved[f'{prefix}batch_stats']}
-  model = models.create_model(config['model'], num_classes=len(class_names),
-                              dtype=DTYPES[config['dtype']], execution=config.get('execution'),
-                              **config.get('model_kwargs', {}))
+  model = build_model(ml_collections.ConfigDict(config), len(class_names))
   task = path / 'task.json'
   multilabel = task.is_file() and json.loads(task.read_text())['multilabel']
   return (model, variables, class_names, config['image_size'], config['eval_crop_fraction'],

@@ -81,13 +81,17 @@ def test_the_main_job_logs_its_huge_pages_and_reports_bad_input_in_one_line(tmp_
   expected, why = host_memory.huge_page_environment(
       environ, host_memory.glibc_version(), host_memory.thp_mode(),
       host_memory.accelerator_devices())
-  # A bad model name ends the job right after its start-up log.
+  # A model option the file does not declare reaches the model's check, whose error ends
+  # the job right after its start-up log.
   result = subprocess.run(
       [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',
-       f'--workdir={tmp_path}', '--config.model=nope', f'--config.data_dir={tmp_path}'],
+       f'--workdir={tmp_path}', '--config.model_kwargs.fc_layer=(8,)',
+       f'--config.data_dir={tmp_path}'],
       capture_output=True, text=True, timeout=300, env=environ)
   assert result.returncode == 1, result.stderr[-2000:]
-  assert result.stderr.strip().splitlines()[-1].startswith("error: Unknown model 'nope'")
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: xception has no option fc_layer (did you mean fc_layers?); its options: ')
+  assert not list(tmp_path.iterdir())  # Checked before anything was written.
   line = next(l for l in result.stderr.splitlines() if 'malloc huge pages:' in l)
   if expected is None:
     assert line.endswith(why)

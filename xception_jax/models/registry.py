@@ -42,6 +42,17 @@ def model_name(model: Any) -> Optional[str]:
   return next((names[c] for c in cls.__mro__ if c in names), None)
 
 
+# Attributes set from elsewhere than a model's options: the data (num_classes), the
+# config's dtype and execution fields, and Flax's own.
+NOT_OPTIONS = ('parent', 'name', 'num_classes', 'dtype', 'param_dtype', 'execution')
+
+
+def model_options(name: str) -> dict[str, Any]:
+  """The architecture options of model `name` (what `model_kwargs` may set) and their defaults."""
+  return {f.name: f.default for f in dataclasses.fields(model_class(name))
+          if f.name not in NOT_OPTIONS}
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
   """Builds the model `name` with its attributes overridden by `kwargs`.
 

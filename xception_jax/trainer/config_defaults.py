@@ -93,6 +93,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.nonfinite_steps = 'stop'     # A NaN/inf loss or gradient: 'stop' with an error, or 'skip'.
   c.compilation_cache_dir = ''   # Persistent XLA cache: restarts after preemption compile fast.
 
+  # Workdir safety (trainer/resume.py, trainer/workdir_lock.py). A resumed run must keep
+  # every field that changes what a step means (batch size, data, schedule, seed, ...)
+  # unless this lists it, e.g. 'batch_size,learning_rate'; fields that change the
+  # checkpoint's structure (model, model_kwargs, optimizer, ...) are never allowed.
+  c.resume_with_changes = ''
+  # A lock file of a run on another host that was not refreshed for this long is stale.
+  c.workdir_lock_stale_seconds = 600.0
+  # An image file that does not decode: 'error' (names the file) or 'skip' (counted).
+  c.bad_images = 'error'
+
   # Multi-process runs (jax.distributed): set enabled on every process.
   c.distributed = ml_collections.ConfigDict(dict(
       enabled=False,

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from xception_jax import models, weights
-from xception_jax.trainer import distributed, multilabel, sharding, steps
+from xception_jax.trainer import distributed, multilabel, sharding, steps, validation
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import pipeline, sources
 from xception_jax.trainer.metric_writers import MetricWriter
@@ -107,6 +107,7 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   Writes the metrics to the workdir (metrics.jsonl and eval_only.json) and
   returns them; a checkpoint gives raw and averaged ('_ema') metrics.
   """
+  validation.validate(config)
   distributed.initialize(config)
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)

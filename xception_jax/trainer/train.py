@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from xception_jax import models, weights
-from xception_jax.trainer import distributed, optim, sharding, steps
+from xception_jax.trainer import distributed, optim, resume, sharding, steps, validation
 from xception_jax.tools import model_table
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import pipeline, preprocessing, sources
@@ -21,6 +21,7 @@ from xception_jax.trainer.evaluate import Evaluator
 from xception_jax.trainer.metric_writers import MetricWriter, Progress, progress_line
 from xception_jax.trainer.preemption import PreemptionWatcher
 from xception_jax.trainer.state import TrainState, build_model, create_train_state
+from xception_jax.trainer.workdir_lock import held_by_process_zero
 
 BATCH_NORM_SCOPES = ('device', 'global')
 TASK_FILE = 'task.json'  # {'multilabel': bool}: how the model's outputs read (predict).
@@ -189,32 +190,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   {'preempted_at_step': step} when a SIGTERM stopped the run after a checkpoint.
   Raises FloatingPointError at a non-finite step when `nonfinite_steps='stop'`.
   """
+  validation.validate(config)
   distributed.initialize(config)
   if config.get('compilation_cache_dir'):
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
-  setup = Setup(config)
-  abstract = setup.abstract_state()
-  checkpoints = Checkpoints(workdir_path / 'checkpoints', keep=config.keep_checkpoints,
-                            async_save=config.async_checkpoints)
-  writer = MetricWriter(workdir_path, enabled=is_main)
-  watcher = PreemptionWatcher()
-  try:
-    return _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher)
-  finally:
-    watcher.close()
-    checkpoints.close()  # Waits for asynchronous saves: what is on disk is complete.
-    writer.close()
+  with held_by_process_zero(workdir_path, config.workdir_lock_stale_seconds):
+    setup = Setup(config)
+    abstract = setup.abstract_state()
+    checkpoints = Checkpoints(workdir_path / 'checkpoints', keep=config.keep_checkpoints,
+                              async_save=config.async_checkpoints)
+    writer = watcher = None
+    try:
+      # Before anything is written: a changed config or another state's checkpoint stops here.
+      latest = checkpoints.latest()
+      changes = resume.check(workdir_path, config, latest) if latest is not None else {}
+      state = checkpoints.restore_latest(abstract)
+      writer = MetricWriter(workdir_path, enabled=jax.process_index() == 0)
+      watcher = PreemptionWatcher()
+      return _train(config, workdir_path, setup, abstract, state, changes, checkpoints, writer,
+                    watcher)
+    finally:
+      if watcher:
+        watcher.close()
+      checkpoints.close()  # Waits for asynchronous saves: what is on disk is complete.
+      if writer:
+        writer.close()
 
 
-def _train(config, workdir_path, setup, abstract, checkpoints, writer, watcher):
+def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, writer, watcher):
   is_main = jax.process_index() == 0
-  state = checkpoints.restore_latest(abstract)
   if state is None:
     state = setup.init_state(abstract)
   if is_main:
+    resume.record(workdir_path, int(jax.device_get(state.step)), changes)
     write_run_files(workdir_path, config, setup)
   train_calls = {}  # Steps per call → its jitted function (at most steps_per_call of them).
   evaluator = Evaluator(setup.model, setup.source, config, setup.mesh)

@@ -150,7 +150,7 @@ def test_a_run_stops_on_a_held_workdir_and_takes_over_a_dead_holders_lock(traine
   holder.wait()
   with caplog.at_level('WARNING'):
     train.train_and_evaluate(trained[0], str(workdir))  # Already at step 4: evaluates only.
-  assert f'Taking over the stale lock of host' in caplog.text
+  assert 'Taking over the stale lock of host' in caplog.text
   assert 'its process is gone' in caplog.text
   assert not (workdir / LOCK_FILE).exists()
 
@@ -209,3 +209,25 @@ def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_temporary_files(
       'command to resume from it).')
   assert file_hashes(workdir / 'checkpoints') == before
   assert not (workdir / LOCK_FILE).exists()
+
+
+def test_an_unwritable_metrics_file_is_one_line_naming_it(trained, workdir):
+  (workdir / 'metrics.jsonl').unlink()
+  (workdir / 'metrics.jsonl').mkdir()
+  message = refused(config_of(trained, total_steps=6), workdir, OSError)
+  assert message == (f'Writing {workdir / "metrics.jsonl"} failed (Is a directory); the latest '
+                     'intact checkpoint is step 4 (rerun the command to resume from it).')
+
+
+def test_with_bad_images_skip_a_run_trains_and_counts_them(trained, tmp_path):
+  data = tmp_path / 'data'
+  shutil.copytree(trained[0].dataset[len('folder:'):], data)
+  jpeg = (data / 'train' / 'class_0' / '000.png').read_bytes()
+  for split in ('train', 'test'):  # Valid PNG headers, cut short: found only when decoded.
+    (data / split / 'class_1' / 'cut.png').write_bytes(jpeg[:len(jpeg) // 2])
+  config = config_of(trained, dataset=f'folder:{data}', bad_images='skip', total_steps=6)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert (results['count'], results['skipped_images']) == (16, 1)
+  skipped = [r['train/skipped_images'] for r in read_metrics(tmp_path / 'run')
+             if 'train/skipped_images' in r]
+  assert skipped and skipped == sorted(skipped) and skipped[-1] >= 1

@@ -4,6 +4,11 @@ The training stream is a pure function of (seed, step): epoch e reads the
 process's part of the split in an order fixed by (seed, e), and the example
 at position i of that epoch is augmented with the stateless seed (seed, e, i).
 Resuming at step s therefore continues exactly where step s left off.
+
+An image that does not decode stops the stream with an error naming its file
+(`bad_images='error'`), or is skipped (`'skip'`): its batch is still made of
+the same positions, the skipped one's place taken by another of the batch's
+images, so batches never shift and resuming stays exact (`prepared_batches`).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from xception_jax.data import preprocessing
+from xception_jax.data.bad_images import HINT, SkipLog, listing, undecodable
 from xception_jax.data.sources import Part, Source
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -30,6 +36,51 @@ def padding_label(source: Source) -> tf.Tensor:
   if source.multilabel:
     return tf.zeros([source.num_classes], tf.float32)
   return tf.constant(0, tf.int32)
+
+
+def prepared_batches(ds: tf.data.Dataset, prepare, batch_size: int, mode: str = 'error',
+                     filler: Optional[tf.data.Dataset] = None,
+                     drop_remainder: bool = True) -> tf.data.Dataset:
+  """Batches of `prepare(position, example)` over `ds`'s pairs, `batch_size` pairs each.
+
+  'error': a pair that fails to prepare (an image that does not decode) ends
+  the iteration with TensorFlow's error. 'skip': each batch is still made of
+  the same `batch_size` pairs, without those that fail; their places are
+  filled from `filler` (prepared examples), or by default by the batch's own
+  good examples again, flagged in `skipped` (int32, 1 for a filled place). A
+  batch whose every image fails is left out (the caller notices the shorter
+  epoch).
+  """
+  if mode == 'error':
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
+  flag = lambda value: lambda example: {**example, 'skipped': tf.constant(value, tf.int32)}
+
+  def one_batch(positions, examples):
+    good = tf.data.Dataset.from_tensor_slices((positions, examples)).map(
+        prepare, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    if filler is not None:
+      return good.concatenate(filler).take(batch_size).batch(batch_size)
+    return good.map(flag(0)).concatenate(good.repeat().map(flag(1))).take(batch_size).batch(
+        batch_size, drop_remainder=True)
+
+  return ds.batch(batch_size, drop_remainder=drop_remainder).interleave(
+      one_batch, cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def files_of_batch(ds: tf.data.Dataset, batch_size: int, index: int) -> list[str]:
+  """The 'file' names of the pairs that make batch `index` of `prepared_batches(ds, ...)`."""
+  names = ds.skip(index * batch_size).take(batch_size).map(lambda _, example: example['file'])
+  return [name.decode() for name in names.as_numpy_iterator()]
+
+
+def bad_image_error(files: list[str], error: Exception, where: str) -> Exception:
+  """A ValueError naming the files among `files` that do not decode (`error` itself if none)."""
+  problems = undecodable([f for f in files if f])
+  if not problems:
+    return error
+  return ValueError(f'{where}: image {listing(problems)} does not decode; '
+                    f'{HINT}.')
 
 
 def derived_seed(*numbers: int) -> int:
@@ -51,15 +102,22 @@ class TrainStream:
   shuffle_buffer: int = 16_384
   augmentation: preprocessing.Augmentation = preprocessing.Augmentation()
 
-  def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-    """Batches of `epoch` from batch `skip_batches` on: {'image', 'label'} (see `batch_label`)."""
-    epoch_seed = derived_seed(self.seed, epoch)
+  bad_images: str = 'error'
+  skipped: SkipLog = dataclasses.field(default_factory=SkipLog)
+
+  def pairs(self, epoch: int) -> tf.data.Dataset:
+    """The (position, example) pairs of this process's part of `epoch`, before decoding."""
     part = Part(self.process_index, self.process_count, block=self.local_batch_size)
     global_batch = self.local_batch_size * self.process_count
-    ds = self.source.read(self.split, part, shuffle_seed=epoch_seed,
-                          shuffle_buffer=self.shuffle_buffer,
-                          limit=self.steps_per_epoch * global_batch)
-    ds = ds.skip(skip_batches * self.local_batch_size)
+    return self.source.read(self.split, part, shuffle_seed=derived_seed(self.seed, epoch),
+                            shuffle_buffer=self.shuffle_buffer,
+                            limit=self.steps_per_epoch * global_batch)
+
+  def epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
+    """Batches of `epoch` from batch `skip_batches` on: {'image', 'label'} (see `batch_label`),
+    and 'skipped' (see `prepared_batches`) under bad_images='skip'."""
+    epoch_seed = derived_seed(self.seed, epoch)
+    ds = self.pairs(epoch).skip(skip_batches * self.local_batch_size)
 
     def prepare(position, example):
       seed = tf.stack([tf.constant(epoch_seed, tf.int64), position])
@@ -67,40 +125,74 @@ class TrainStream:
                                                  self.augmentation)
       return {'image': image, 'label': batch_label(self.source, example['label'])}
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(self.local_batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return prepared_batches(ds, prepare, self.local_batch_size, self.bad_images).prefetch(
+        AUTOTUNE)
 
   def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Numpy batches for steps start_step, start_step + 1, ... without end."""
+    """Numpy batches for steps start_step, start_step + 1, ... without end.
+
+    An image that does not decode is a ValueError naming its file; under
+    bad_images='skip' it is counted in `skipped` instead.
+    """
     epoch, skip = divmod(start_step, self.steps_per_epoch)
     while True:
-      yield from self.epoch(epoch, skip).as_numpy_iterator()
+      index = skip
+      iterator = self.epoch(epoch, skip).as_numpy_iterator()
+      while True:
+        try:
+          batch = next(iterator)
+        except StopIteration:
+          break
+        except tf.errors.InvalidArgumentError as e:
+          files = files_of_batch(self.pairs(epoch), self.local_batch_size, index)
+          raise bad_image_error(files, e, f'{self.split} split, epoch {epoch}') from None
+        if 'skipped' in batch:
+          self.skipped.add(int(batch.pop('skipped').sum()), lambda: files_of_batch(
+              self.pairs(epoch), self.local_batch_size, index))
+        index += 1
+        yield batch
+      if index < self.steps_per_epoch:
+        raise ValueError(f'Every image of a batch of epoch {epoch} of the {self.split} split '
+                         'failed to decode; check the data set.')
       epoch, skip = epoch + 1, 0
 
 
 def eval_batches(source: Source, split: str, local_batch_size: int, image_size: int,
                  crop_fraction: float = 0.875, process_index: int = 0,
-                 process_count: int = 1,
-                 num_examples: Optional[int] = None) -> tuple[tf.data.Dataset, int]:
+                 process_count: int = 1, num_examples: Optional[int] = None,
+                 bad_images: str = 'error') -> tuple[tf.data.Dataset, int]:
   """Every example of `split` once, in padded batches with a 0/1 `mask`.
 
   Returns the dataset and its number of batches, the same on every process
   (processes with fewer examples get fully masked batches), so collective
-  evaluation steps stay in lockstep.
+  evaluation steps stay in lockstep. Under bad_images='skip' an image that does
+  not decode is a masked place of its batch (the evaluation counts one fewer).
   """
   total = source.split_size(split) if num_examples is None else num_examples
   per_process = math.ceil(total / process_count)
   num_batches = math.ceil(per_process / local_batch_size)
 
-  def prepare(example):
+  def prepare(_, example):
     image = preprocessing.preprocess_for_eval(example['image'], image_size, crop_fraction)
     return {'image': image, 'label': batch_label(source, example['label']),
             'mask': tf.constant(1.0)}
 
-  padding = {'image': tf.zeros([image_size, image_size, 3]), 'label': padding_label(source),
-             'mask': tf.constant(0.0)}
-  ds = source.read(split, Part(process_index, process_count)).map(
-      lambda _, example: prepare(example), num_parallel_calls=AUTOTUNE, deterministic=True)
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-  ds = ds.take(num_batches * local_batch_size).batch(local_batch_size).prefetch(AUTOTUNE)
-  return ds, num_batches
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([image_size, image_size, 3]), 'label': padding_label(source),
+      'mask': tf.constant(0.0)}).repeat()
+  pairs = source.read(split, Part(process_index, process_count))
+  if bad_images == 'error':
+    ds = pairs.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.concatenate(padding).batch(local_batch_size)
+  else:
+    ds = prepared_batches(pairs, prepare, local_batch_size, bad_images, filler=padding,
+                          drop_remainder=False)
+    ds = ds.concatenate(padding.batch(local_batch_size))
+  return ds.take(num_batches).prefetch(AUTOTUNE), num_batches
+
+
+def eval_files_of_batch(source: Source, split: str, local_batch_size: int, index: int,
+                        process_index: int = 0, process_count: int = 1) -> list[str]:
+  """The files of batch `index` of `eval_batches` (to name one that does not decode)."""
+  return files_of_batch(source.read(split, Part(process_index, process_count)),
+                        local_batch_size, index)

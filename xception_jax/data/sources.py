@@ -1,7 +1,8 @@
 """Where labelled images come from: TFDS datasets, image folders, bundled digits.
 
-A source yields `(position, {'image': encoded bytes, 'label': label})` for one
-process's part of a split, in a deterministic order given the shuffle seed.
+A source yields `(position, {'image': encoded bytes, 'label': label, 'file': name})`
+for one process's part of a split, in a deterministic order given the shuffle
+seed; `file` names the example in messages (its path, or its TFDS file name).
 The label is an int64 class index, or for a multi-label source
 (`source.multilabel`) a float32 multi-hot vector over its classes.
 """
@@ -17,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from xception_jax.data import bad_images
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
@@ -164,7 +167,8 @@ class TfdsSource(Source):
     ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
                                  read_config=read_config,
                                  decoders={'image': self._tfds.decode.SkipDecoding()})
-    return ds.map(lambda ex: {'image': ex['image'], 'label': self._label(ex[self.label_key])})
+    return ds.map(lambda ex: {'image': ex['image'], 'label': self._label(ex[self.label_key]),
+                              'file': ex.get('file_name', tf.constant(''))})
 
   def read(self, split, part=Part(), shuffle_seed=None, shuffle_buffer=0, limit=None):
     if not self.builder.info.splits:  # Mocked or metadata-less: every process reads it all.
@@ -185,8 +189,10 @@ class TfdsSource(Source):
 class FolderSource(Source):
   """`root/<split>/<class name>/<image file>`; classes are the sorted sub-folders of a split."""
 
-  def __init__(self, root: str | os.PathLike, class_split: str = 'train'):
+  def __init__(self, root: str | os.PathLike, class_split: str = 'train',
+               bad_images: str = 'error'):
     self.root = Path(root)
+    self.bad_images = bad_images
     if not (self.root / class_split).is_dir():
       raise ValueError(f'Image folder {self.root} has no {class_split}/ sub-folder; expected '
                        f'{self.root}/{class_split}/<class name>/<image files>.')
@@ -195,7 +201,11 @@ class FolderSource(Source):
       raise ValueError(f'{self.root / class_split} has no class sub-folders.')
 
   @functools.lru_cache(maxsize=None)
-  def files(self, split: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+  def files(self, split: str) -> tuple[tuple[str, ...], tuple]:
+    """`listed(split)` without files that cannot be images (bad_images.screen)."""
+    return bad_images.screen(*self.listed(split), self.bad_images, f'{self.root}/{split}')
+
+  def listed(self, split: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """All image paths of `split` and their labels, sorted by class then file name."""
     directory = self.root / split
     if not directory.is_dir():
@@ -226,7 +236,7 @@ class FolderSource(Source):
     if shuffle_seed is not None:  # Paths are cheap: a full permutation of the split.
       ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=False)
     return _take_part(ds, part, limit).map(lambda position, ex: (position, {
-        'image': tf.io.read_file(ex[0]), 'label': self._label(ex[1])}))
+        'image': tf.io.read_file(ex[0]), 'label': self._label(ex[1]), 'file': ex[0]}))
 
 
 class MultiLabelFolderSource(FolderSource):
@@ -239,8 +249,10 @@ class MultiLabelFolderSource(FolderSource):
   """
   multilabel = True
 
-  def __init__(self, root: str | os.PathLike, class_split: str = 'train'):
+  def __init__(self, root: str | os.PathLike, class_split: str = 'train',
+               bad_images: str = 'error'):
     self.root = Path(root)
+    self.bad_images = bad_images
     classes = self.root / 'classes.txt'
     if classes.is_file():
       self.class_names = [line.strip() for line in classes.read_text(encoding='utf-8')
@@ -271,8 +283,7 @@ class MultiLabelFolderSource(FolderSource):
       raise ValueError(f'{path} lists no images.')
     return entries
 
-  @functools.lru_cache(maxsize=None)
-  def files(self, split: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+  def listed(self, split: str) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
     """All image paths of `split` and each image's class indices, in the file's order."""
     entries = self._entries(split)
     unknown = sorted({n for _, names in entries for n in names} - set(self._index))
@@ -368,10 +379,12 @@ def write_digit_grids_folder(root: str | os.PathLike, image_size: int = 64,
 
 
 def get_source(dataset: str, *, data_dir: Optional[str] = None,
-               manual_dir: Optional[str] = None, label_key: str = 'label') -> Source:
+               manual_dir: Optional[str] = None, label_key: str = 'label',
+               bad_images: str = 'error') -> Source:
   """'digits', 'digits_multilabel', 'folder:PATH', 'multilabel:PATH' or a TFDS name.
 
   TFDS datasets (e.g. 'imagenet2012') are labelled by their `label_key` feature.
+  Folders are screened for files that cannot be images (`bad_images`).
   """
   if not dataset:
     raise ValueError("No dataset: set --config.dataset (a TFDS name, 'folder:PATH', "
@@ -382,13 +395,15 @@ def get_source(dataset: str, *, data_dir: Optional[str] = None,
   if dataset == 'digits_multilabel':
     return MultiLabelFolderSource(write_digit_grids_folder(cache / 'digits_multilabel'))
   if dataset.startswith('folder:'):
-    return FolderSource(dataset[len('folder:'):])
+    return FolderSource(dataset[len('folder:'):], bad_images=bad_images)
   if dataset.startswith('multilabel:'):
-    return MultiLabelFolderSource(dataset[len('multilabel:'):])
+    return MultiLabelFolderSource(dataset[len('multilabel:'):], bad_images=bad_images)
   return TfdsSource(dataset, data_dir=data_dir, manual_dir=manual_dir, label_key=label_key)
 
 
 def source_for(config) -> Source:
-  """The data set a training config names: its dataset, data_dir, manual_dir and label_key."""
+  """The data set a training config names: its dataset, data_dir, manual_dir, label_key and
+  bad_images."""
   return get_source(config.dataset, data_dir=config.get('data_dir'),
-                    manual_dir=config.get('manual_dir'), label_key=config.get('label_key', 'label'))
+                    manual_dir=config.get('manual_dir'), label_key=config.get('label_key', 'label'),
+                    bad_images=config.get('bad_images', 'error'))

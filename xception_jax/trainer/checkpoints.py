@@ -125,7 +125,7 @@ class Checkpoints:
       raise CheckpointWriteError(
           f'Not enough space for the checkpoint of step {step} in {self.directory}: it needs '
           f'about {size / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free; '
-          f'{self._latest_intact()}.')
+          f'{self.latest_intact()}.')
     self._saving = step
     with self._reporting_failures():
       return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
@@ -142,9 +142,10 @@ class Checkpoints:
       raise CheckpointWriteError(
           f'Saving the checkpoint of step {step} in {self.directory} failed '
           f'({failure_reason(e)}); its temporary files were removed; '
-          f'{self._latest_intact()}.') from None
+          f'{self.latest_intact()}.') from None
 
-  def _latest_intact(self) -> str:
+  def latest_intact(self) -> str:
+    """Which checkpoint a rerun resumes from, in words (for error messages)."""
     self.manager.reload()
     latest = self.manager.latest_step()
     if latest is None:

@@ -10,6 +10,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
+from absl import logging
 
 from xception_jax import models, weights
 from xception_jax.trainer import distributed, multilabel, sharding, steps, validation
@@ -38,6 +40,7 @@ class Evaluator:
     self.local_batch = sharding.check_batch_size(config.get('eval_batch_size') or
                                                  config.batch_size, mesh)
     self.num_examples = source.split_size(self.split)
+    self.bad_images = config.get('bad_images', 'error')
     self.top_k = config.get('map_top_k', 100)
     self.class_weights = None
     if source.multilabel and config.get('class_weights'):
@@ -55,10 +58,10 @@ class Evaluator:
     dataset, _ = pipeline.eval_batches(
         self.source, self.split, self.local_batch, self.config.image_size,
         self.config.eval_crop_fraction, jax.process_index(), jax.process_count(),
-        num_examples=self.num_examples)
+        num_examples=self.num_examples, bad_images=self.bad_images)
     totals: dict[str, np.ndarray] = defaultdict(float)
     rankings = []
-    for batch in dataset.as_numpy_iterator():
+    for batch in self._named_bad_images(dataset.as_numpy_iterator()):
       sums, ranked = jax.device_get(self._step(variable_sets, sharding.global_batch(batch,
                                                                                    self.mesh)))
       for key, value in sums.items():
@@ -66,12 +69,33 @@ class Evaluator:
       if ranked:
         rankings.append(ranked)
     count = float(totals.pop('count'))
-    if round(count) != self.num_examples:
+    skipped = self.num_examples - round(count)
+    if skipped and (self.bad_images != 'skip' or skipped < 0):
       raise RuntimeError(f'Evaluation counted {count:.0f} examples of {self.split}, '
                          f'expected {self.num_examples}.')
+    if skipped:
+      logging.warning('Evaluation skipped %d image(s) of %s that do not decode; counted %d.',
+                      skipped, self.split, round(count))
     if not self.source.multilabel:
-      return {'count': count, **{k: float(v) / count for k, v in totals.items()}}
-    return self._multilabel_results(count, totals, rankings, list(variable_sets))
+      results = {'count': count, **{k: float(v) / count for k, v in totals.items()}}
+    else:
+      results = self._multilabel_results(count, totals, rankings, list(variable_sets))
+    return {**results, 'skipped_images': float(skipped)} if skipped else results
+
+  def _named_bad_images(self, batches):
+    """`batches`, with an image that does not decode reported as a ValueError naming it."""
+    index = 0
+    while True:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        return
+      except tf.errors.InvalidArgumentError as e:
+        files = pipeline.eval_files_of_batch(self.source, self.split, self.local_batch, index,
+                                             jax.process_index(), jax.process_count())
+        raise pipeline.bad_image_error(files, e, f'{self.split} split (evaluation)') from None
+      index += 1
+      yield batch
 
   def _multilabel_results(self, count, totals, rankings, suffixes) -> dict[str, float]:
     has_ap = float(totals.pop('has_ap'))

@@ -15,7 +15,7 @@ from absl import logging
 from xception_jax import models, weights
 from xception_jax.trainer import distributed, optim, resume, sharding, steps, validation
 from xception_jax.tools import model_table
-from xception_jax.trainer.checkpoints import Checkpoints
+from xception_jax.trainer.checkpoints import CheckpointWriteError, Checkpoints
 from xception_jax.data import pipeline, preprocessing, sources
 from xception_jax.trainer.evaluate import Evaluator
 from xception_jax.trainer.metric_writers import MetricWriter, Progress, progress_line
@@ -128,7 +128,8 @@ class Setup:
     return pipeline.TrainStream(
         self.source, c.train_split, self.local_batch, c.image_size, c.seed,
         self.steps_per_epoch, jax.process_index(), jax.process_count(),
-        shuffle_buffer=c.shuffle_buffer, augmentation=augmentation(c))
+        shuffle_buffer=c.shuffle_buffer, augmentation=augmentation(c),
+        bad_images=c.bad_images)
 
 
 def write_run_files(workdir: Path, config: ml_collections.ConfigDict, setup: Setup) -> None:
@@ -211,6 +212,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       watcher = PreemptionWatcher()
       return _train(config, workdir_path, setup, abstract, state, changes, checkpoints, writer,
                     watcher)
+    except OSError as e:  # A full disk or an unwritable workdir: where, what, and what is safe.
+      if isinstance(e, CheckpointWriteError) or not e.filename:
+        raise
+      raise OSError(f'Writing {e.filename} failed ({e.strerror}); '
+                    f'{checkpoints.latest_intact()}.') from None
     finally:
       if watcher:
         watcher.close()
@@ -229,7 +235,8 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
   train_calls = {}  # Steps per call → its jitted function (at most steps_per_call of them).
   evaluator = Evaluator(setup.model, setup.source, config, setup.mesh)
   start = int(jax.device_get(state.step))
-  batches = setup.train_stream().batches(start)
+  stream = setup.train_stream()
+  batches = stream.batches(start)
   progress = Progress(setup.num_steps, config.batch_size, start)
   started = time.monotonic()
   records = []  # (first step, device metrics stacked over the call's steps) since the last report.
@@ -252,6 +259,8 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
     train_metrics = {**mean_metrics(fetched), **progress.update(step)}
     if skipped:
       train_metrics['skipped_steps'] = len(skipped)
+    if stream.skipped.count:  # Images that did not decode (bad_images='skip'), this process's.
+      train_metrics['skipped_images'] = stream.skipped.count
     writer.write(step, {f'train/{k}': v for k, v in train_metrics.items()})
     if is_main:
       logging.info('%s', progress_line(step, setup.num_steps, train_metrics))

@@ -2,6 +2,7 @@
 
 Every refusal leaves the workdir's checkpoints byte-for-byte as they were.
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -25,14 +26,26 @@ from xception_jax.trainer.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLoc
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """A workdir with checkpoints at steps 2 and 4 of a tiny run, and its config."""
-  root = tmp_path_factory.mktemp('safety')
-  data = make_image_folder(root / 'data', classes=4, per_class=4)  # 2 steps per epoch.
+  """A workdir with checkpoints at steps 2 and 4 of a tiny run, and its config.
+
+  Trained once per test session: the xdist workers share it (the first one to
+  take the file lock trains; tests copy it before changing anything).
+  """
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist each worker's base is a sub-directory of the session's.
+  shared = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'workdir_safety'
+  shared.mkdir(exist_ok=True)
+  data, workdir = shared / 'data', shared / 'run'
   config = tiny_config(dataset=f'folder:{data}', eval_split='test', total_steps=4,
                        checkpoint_every_steps=2)
-  train.train_and_evaluate(config, str(root / 'run'))
-  assert Checkpoints(root / 'run' / 'checkpoints').steps() == [2, 4]
-  return config, root / 'run'
+  with open(shared / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (shared / 'done').exists():
+      make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
+      train.train_and_evaluate(config, str(workdir))
+      (shared / 'done').touch()
+  assert Checkpoints(workdir / 'checkpoints').steps() == [2, 4]
+  return config, workdir
 
 
 @pytest.fixture

@@ -58,10 +58,6 @@ class Setup:
     self.model = build_model(config, self.source.num_classes)
     self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
     self.tx = optim.optimizer(config, self.schedule)
-    if not isinstance(config.steps_per_call, int) or config.steps_per_call < 1:
-      raise ValueError(f'steps_per_call must be a positive integer, got {config.steps_per_call!r}.')
-    if config.nonfinite_steps not in ('stop', 'skip'):
-      raise ValueError(f"nonfinite_steps must be 'stop' or 'skip', got {config.nonfinite_steps!r}.")
     if self.source.multilabel and config.label_smoothing:
       raise ValueError(f'{config.dataset} is multi-label (sigmoid cross-entropy): set '
                        'label_smoothing to 0.')

@@ -1,4 +1,5 @@
-"""Single-process faults: kill -9 and resume, damaged checkpoints, non-finite steps."""
+"""Single-process faults: kill -9 and resume, non-finite steps (damaged checkpoints:
+test_workdir_safety.py)."""
 import json
 import random
 import re
@@ -7,7 +8,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from pathlib import Path
 
 from data_helpers import make_image_folder
 from helpers import tiny_config
@@ -19,7 +19,7 @@ from xception_jax.trainer.metric_writers import read_metrics
 TOTAL_STEPS = 12
 
 
-@pytest.mark.long(seconds=110)
+@pytest.mark.long(seconds=90)
 def test_kill_9_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)  # 5 steps per epoch.
   common = dict(config__total_steps=TOTAL_STEPS,
@@ -31,7 +31,7 @@ def test_kill_9_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
   rng = random.Random(1234)
   workdir, figures, completed = tmp_path / 'killed', [], set()
   resume_from = 0
-  for trial in range(3):
+  for trial in range(2):
     log = tmp_path / f'trial{trial}.log'
     started = time.monotonic()
     process = start_main(tiny_run_flags(data, workdir, **common), log_path=log)
@@ -61,36 +61,6 @@ def test_kill_9_at_random_steps_then_resume_is_bitwise_exact(tmp_path):
   # Resumed across epoch boundaries (5 steps per epoch), dropout on: the same evaluation too.
   assert json.loads((workdir / 'final_metrics.json').read_text()) == \
       json.loads((tmp_path / 'straight' / 'final_metrics.json').read_text())
-
-
-def truncate_files(directory: Path) -> int:
-  count = 0
-  for path in directory.rglob('*'):
-    if path.is_file() and path.stat().st_size > 64:
-      data = path.read_bytes()
-      path.write_bytes(data[:len(data) // 2])
-      count += 1
-  return count
-
-
-@pytest.mark.long(seconds=45)
-def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
-  root = make_image_folder(tmp_path / 'data', classes=4, per_class=4)
-  config = tiny_config(dataset=f'folder:{root}', eval_split='test', total_steps=4,
-                       checkpoint_every_steps=2, keep_checkpoints=2)
-  workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir))
-  assert Checkpoints(workdir / 'checkpoints').steps() == [2, 4]
-  assert truncate_files(workdir / 'checkpoints' / '4') > 0
-  config.total_steps = 6
-  with caplog.at_level('WARNING'):
-    train.train_and_evaluate(config, str(workdir))
-  assert re.search(r'Checkpoint at step 4 .* is unreadable .*falling back', caplog.text)
-  assert (workdir / 'checkpoints' / '4.damaged').is_dir()
-  # 4 trained again from 2; the newest two of 2, 4 and 6 are kept, the damaged one set aside.
-  assert Checkpoints(workdir / 'checkpoints').steps() == [4, 6]
-  train_steps = [r['step'] for r in read_metrics(workdir) if 'train/loss' in r]
-  assert train_steps == [1, 2, 3, 4, 5, 6]
 
 
 def inject_nan_at(monkeypatch, step):

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -22,6 +23,11 @@ from xception_jax.trainer import train
 from xception_jax.trainer.checkpoints import CheckpointWriteError, Checkpoints, StructureMismatch
 from xception_jax.trainer.metric_writers import read_metrics
 from xception_jax.trainer.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
+
+# After the failed checkpoint write, TensorStore's callbacks of the save's other writes reach
+# Orbax's closed event loop, in whichever test runs next (main.py keeps them off the console
+# with checkpoints.silence_failed_write_noise).
+pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
 
 @pytest.fixture(scope='module')
@@ -92,6 +98,30 @@ def test_a_change_of_the_states_structure_is_refused(trained, workdir, changes, 
   assert 'use a new workdir' in message
 
 
+def truncate_files(directory) -> int:
+  count = 0
+  for path in directory.rglob('*'):
+    if path.is_file() and path.stat().st_size > 64:
+      data = path.read_bytes()
+      path.write_bytes(data[:len(data) // 2])
+      count += 1
+  return count
+
+
+@pytest.mark.long(seconds=15)
+def test_a_truncated_latest_checkpoint_is_set_aside_and_the_previous_used(trained, workdir,
+                                                                          caplog):
+  assert truncate_files(workdir / 'checkpoints' / '4') > 0
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(config_of(trained, total_steps=6, keep_checkpoints=2),
+                             str(workdir))
+  assert re.search(r'Checkpoint at step 4 .* is unreadable .*falling back', caplog.text)
+  assert (workdir / 'checkpoints' / '4.damaged').is_dir()
+  # 4 trained again from 2; the newest two of 2, 4 and 6 are kept, the damaged one set aside.
+  assert Checkpoints(workdir / 'checkpoints').steps() == [4, 6]
+  assert [r['step'] for r in read_metrics(workdir) if 'train/loss' in r] == [1, 2, 3, 4, 5, 6]
+
+
 def test_without_a_saved_config_a_structure_mismatch_is_not_damage(trained, workdir):
   (workdir / 'config.json').unlink()  # A workdir from before configs were compared.
   message = refused(config_of(trained, **{'model_kwargs.fc_layers': (8,)}), workdir,
@@ -102,6 +132,7 @@ def test_without_a_saved_config_a_structure_mismatch_is_not_damage(trained, work
   assert not list((workdir / 'checkpoints').glob('*.damaged'))
 
 
+@pytest.mark.long(seconds=15)
 def test_a_change_of_a_steps_meaning_needs_resume_with_changes(trained, workdir):
   message = refused(config_of(trained, batch_size=16, seed=3), workdir)
   assert message == (f'{workdir} holds checkpoints up to step 4 of another config '
@@ -181,6 +212,7 @@ def test_another_hosts_lock_is_stale_only_when_not_refreshed(tmp_path):
   assert not (tmp_path / LOCK_FILE).exists()
 
 
+@pytest.mark.long(seconds=15)
 def test_too_little_free_space_stops_before_writing(trained, workdir, monkeypatch):
   usage = shutil.disk_usage(workdir)
   monkeypatch.setattr(checkpoints_module.shutil, 'disk_usage',
@@ -206,9 +238,7 @@ def file_size_limit():
   resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-# TensorStore's callbacks of the failed save's other writes reach Orbax's closed event loop
-# (main.py keeps them off the console with checkpoints.silence_failed_write_noise).
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.long(seconds=15)
 def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_temporary_files(
     trained, workdir, file_size_limit):
   before = file_hashes(workdir / 'checkpoints')
@@ -232,6 +262,7 @@ def test_an_unwritable_metrics_file_is_one_line_naming_it(trained, workdir):
                      'intact checkpoint is step 4 (rerun the command to resume from it).')
 
 
+@pytest.mark.long(seconds=15)
 def test_with_bad_images_skip_a_run_trains_and_counts_them(trained, tmp_path):
   data = tmp_path / 'data'
   shutil.copytree(trained[0].dataset[len('folder:'):], data)

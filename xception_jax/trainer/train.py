@@ -289,6 +289,7 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
 
   results = evaluate(setup.num_steps)
   checkpoints.save(state, force=True)
+  checkpoints.wait()  # A failed final save is reported before the run says it finished.
   if is_main:
     elapsed = time.monotonic() - started
     line = (f'Finished {config.model} on {config.dataset}: step {setup.num_steps}, '

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -83,6 +83,22 @@ def bad_image_error(files: list[str], error: Exception, where: str) -> Exception
                     f'{HINT}.')
 
 
+def naming_bad_images(batches: Iterator[dict], files_of: Callable[[int], list[str]],
+                      where: str) -> Iterator[dict]:
+  """`batches`, where an image that does not decode is a ValueError naming its file
+  (`files_of(i)`: the files of the i-th batch)."""
+  index = 0
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      raise bad_image_error(files_of(index), e, where) from None
+    index += 1
+    yield batch
+
+
 def derived_seed(*numbers: int) -> int:
   """A 31-bit seed determined by `numbers` (e.g. run seed, epoch)."""
   return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0] >> 1)
@@ -136,22 +152,16 @@ class TrainStream:
     """
     epoch, skip = divmod(start_step, self.steps_per_epoch)
     while True:
-      index = skip
-      iterator = self.epoch(epoch, skip).as_numpy_iterator()
-      while True:
-        try:
-          batch = next(iterator)
-        except StopIteration:
-          break
-        except tf.errors.InvalidArgumentError as e:
-          files = files_of_batch(self.pairs(epoch), self.local_batch_size, index)
-          raise bad_image_error(files, e, f'{self.split} split, epoch {epoch}') from None
+      files = lambda index, epoch=epoch, skip=skip: files_of_batch(
+          self.pairs(epoch), self.local_batch_size, skip + index)
+      read = 0
+      for batch in naming_bad_images(self.epoch(epoch, skip).as_numpy_iterator(), files,
+                                     f'{self.split} split, epoch {epoch}'):
         if 'skipped' in batch:
-          self.skipped.add(int(batch.pop('skipped').sum()), lambda: files_of_batch(
-              self.pairs(epoch), self.local_batch_size, index))
-        index += 1
+          self.skipped.add(int(batch.pop('skipped').sum()), lambda: files(read))
+        read += 1
         yield batch
-      if index < self.steps_per_epoch:
+      if skip + read < self.steps_per_epoch:
         raise ValueError(f'Every image of a batch of epoch {epoch} of the {self.split} split '
                          'failed to decode; check the data set.')
       epoch, skip = epoch + 1, 0

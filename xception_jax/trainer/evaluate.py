@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from xception_jax import models, weights
@@ -61,7 +60,12 @@ class Evaluator:
         num_examples=self.num_examples, bad_images=self.bad_images)
     totals: dict[str, np.ndarray] = defaultdict(float)
     rankings = []
-    for batch in self._named_bad_images(dataset.as_numpy_iterator()):
+    files_of = lambda index: pipeline.eval_files_of_batch(
+        self.source, self.split, self.local_batch, index, jax.process_index(),
+        jax.process_count())
+    batches = pipeline.naming_bad_images(dataset.as_numpy_iterator(), files_of,
+                                         f'{self.split} split (evaluation)')
+    for batch in batches:
       sums, ranked = jax.device_get(self._step(variable_sets, sharding.global_batch(batch,
                                                                                    self.mesh)))
       for key, value in sums.items():
@@ -81,21 +85,6 @@ class Evaluator:
     else:
       results = self._multilabel_results(count, totals, rankings, list(variable_sets))
     return {**results, 'skipped_images': float(skipped)} if skipped else results
-
-  def _named_bad_images(self, batches):
-    """`batches`, with an image that does not decode reported as a ValueError naming it."""
-    index = 0
-    while True:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        return
-      except tf.errors.InvalidArgumentError as e:
-        files = pipeline.eval_files_of_batch(self.source, self.split, self.local_batch, index,
-                                             jax.process_index(), jax.process_count())
-        raise pipeline.bad_image_error(files, e, f'{self.split} split (evaluation)') from None
-      index += 1
-      yield batch
 
   def _multilabel_results(self, count, totals, rankings, suffixes) -> dict[str, float]:
     has_ap = float(totals.pop('has_ap'))

@@ -21,6 +21,26 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='xcep
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def trainer_mesh_of_one_device(request, monkeypatch):
+  """The trainer's mesh is the first device, unless a test is marked `all_devices`.
+
+  What sharding does is tested where it is the point (marked tests, test_steps.py's own
+  meshes, the multi-process runs); elsewhere a tiny run on eight virtual CPU devices only
+  pays for cross-device traffic on two cores (a warm 4-step run: 16 s instead of 9 s).
+  """
+  if request.node.get_closest_marker('all_devices'):
+    return
+  import jax
+  import numpy as np
+  from xception_jax.trainer import sharding
+  monkeypatch.setattr(sharding, 'make_mesh', lambda: jax.sharding.Mesh(
+      np.asarray(jax.devices()[:1]), (sharding.DATA_AXIS,)))
+
+
 def expected_seconds(item) -> float:
   """A test's `long` mark's `seconds` (20 if it names none), 0 for tests not marked long."""
   mark = item.get_closest_marker('long')

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from run_helpers import environment
+
 ROOT = Path(__file__).resolve().parent.parent
 # The benchmark measures timm where it and torch are installed (not in CI).
 TIMM_INSTALLED = all(importlib.util.find_spec(m) for m in ('timm', 'torch'))
 
 
 def run(*args):
+  """A benchmark command's output; on one CPU device, as a user runs it."""
   return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True,
-                        check=True).stdout
+                        check=True, env=environment(devices=1)).stdout
 
 
 @pytest.mark.long(seconds=40)

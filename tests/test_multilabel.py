@@ -107,6 +107,7 @@ def test_sigmoid_training_lowers_the_loss_on_a_fixed_batch():
 
 
 @pytest.mark.long
+@pytest.mark.all_devices
 def test_multilabel_run_on_8_devices_evaluates_map_and_per_class_ap(tmp_path):
   assert jax.device_count() == 8
   config = load_config('configs/jft_like.py:local')

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from run_helpers import FAST_COMPILE_XLA_FLAGS
 
-
-@pytest.mark.long(seconds=170)
+@pytest.mark.long(seconds=80)
 def test_quickstart_reaches_95_percent_with_averaged_weights(tmp_path):
-  # 360 steps: run-bound, so LLVM's optimisation pays here (87 s of training, 172 s without).
-  env = dict(os.environ, XLA_FLAGS=os.environ['XLA_FLAGS'].replace(FAST_COMPILE_XLA_FLAGS, ''))
+  # As a user runs it: no test-wide XLA flags. One CPU device, not the suite's eight virtual
+  # ones (70 s end to end instead of about 180), and 360 steps are run-bound, so LLVM's
+  # optimisation pays (the suite's cheaper code generation doubled the training time).
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   started = time.monotonic()
   result = subprocess.run(
       [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',

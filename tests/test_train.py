@@ -16,6 +16,7 @@ from xception_jax.trainer.state import TrainState
 
 
 @pytest.mark.long(seconds=50)
+@pytest.mark.all_devices
 def test_mock_imagenet_on_8_devices_counts_every_eval_example(tmp_path):
   assert jax.device_count() == 8
   config = tiny_config(dataset='imagenet2012', total_steps=2, eval_batch_size=8)
@@ -117,6 +118,7 @@ def test_eval_only_on_converted_weights_and_on_a_checkpoint(tmp_path):
     (dict(image_size=64), 'image_size 64 is below the minimum of xception'),
     (dict(steps_per_call=0), r'^steps_per_call must be an integer >= 1, got 0\.$'),
 ])
+@pytest.mark.all_devices
 def test_bad_configs_fail_with_clear_messages(tmp_path, overrides, message):
   root = make_image_folder(tmp_path / 'data', classes=2, per_class=8, splits=('train',))
   config = tiny_config(dataset=f'folder:{root}')

@@ -135,7 +135,7 @@ def test_sweep_dry_runs_print_one_command_per_run(tmp_path):
   # What that job runs: launch/slurm.sbatch with the exported CONFIG and WORKDIR.
   job = subprocess.run(['bash', 'launch/slurm.sbatch', '--config.batch_size=64'], cwd=REPO,
                        capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, DRY_RUN='1', CONFIG=SPECS[0],
+                       env=dict(os.environ, DRY_RUN='1', CONFIG=SPECS[0], VENV=sys.prefix,
                                 WORKDIR='/shared/runs/xception'))
   assert shlex.split(job.stdout)[5:8] == [f'--config={SPECS[0]}',
                                           '--workdir=/shared/runs/xception',

@@ -86,6 +86,7 @@ def refused(config, workdir, error=ValueError):
   return message
 
 
+@pytest.mark.long(seconds=25)  # The first to run trains the shared workdir.
 @pytest.mark.parametrize('changes, described', [
     ({'model_kwargs.fc_layers': (8,)}, "model_kwargs.fc_layers: (default) -> [8]"),
     ({'optimizer': 'adam'}, "optimizer: 'sgd' -> 'adam'"),

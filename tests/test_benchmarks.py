@@ -64,6 +64,7 @@ def test_throughput_prints_a_row_per_variant(tmp_path):
   assert timed_ops & fusions                         # the profile names the HLO's operations
 
 
+@pytest.mark.long(seconds=10)
 def test_variant_options_named_xla_are_compiler_options():
   tiny = 'width_multiplier=0.25,middle_flow_repeats=0'
   proc = subprocess.run(
@@ -117,6 +118,7 @@ def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):
   assert bad.returncode == 2 and "--env takes NAME=VALUE, got 'hugetlb'" in bad.stderr
 
 
+@pytest.mark.long(seconds=9)
 def test_input_pipeline_appends_a_section(tmp_path):
   results = tmp_path / 'RESULTS.md'
   run('benchmarks.input_pipeline', '--images=8', '--image_size=75', '--batch=4', '--repeats=1',

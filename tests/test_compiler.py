@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import pytest
 
 from xception_jax import models
 from xception_jax.models import compiler, ops, registry
@@ -52,6 +53,7 @@ def training_temp_bytes(model, size: int):
   return lambda options: lowered.compile(options).memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.long(seconds=20)
 def test_compiler_options_schedule_training_for_memory():
   """The memory-optimised scheduler takes effect as a compiler option (the older flag did not)."""
   temp_bytes = training_temp_bytes(

@@ -26,6 +26,7 @@ def images(size, seed=1, batch=2):
   return np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)).astype('float32')
 
 
+@pytest.mark.long(seconds=12)
 def test_logits_equal_keras_at_299(keras_xception, converted):
   x = images(299)
   expected = np.asarray(keras_xception(x, training=False))
@@ -34,6 +35,7 @@ def test_logits_equal_keras_at_299(keras_xception, converted):
   assert np.abs(np.asarray(ours) - expected).max() < TOLERANCE
 
 
+@pytest.mark.long(seconds=19)
 def test_logits_equal_keras_at_a_smaller_odd_size(keras_xception, converted):
   small = keras.applications.Xception(weights=None, classifier_activation=None,
                                       input_shape=(151, 151, 3))
@@ -44,6 +46,7 @@ def test_logits_equal_keras_at_a_smaller_odd_size(keras_xception, converted):
   assert np.abs(np.asarray(ours) - expected).max() < TOLERANCE
 
 
+@pytest.mark.long(seconds=15)
 @pytest.mark.parametrize('pooling', [None, 'avg'])
 def test_backbone_equals_keras_without_top(pooling):
   reference = keras.applications.Xception(weights=None, include_top=False, pooling=pooling,

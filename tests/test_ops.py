@@ -239,6 +239,7 @@ def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog
     # compare in float64.
     ('inception_v3', 75, dict(), jnp.float64, 1e-9),
 ], ids=['xception', 'inception_v3'])
+@pytest.mark.long(seconds=15)
 def test_fast_forms_match_reference_in_training(name, size, forms, dtype, tol):
   """The whole model: same parameters, same logits, BN statistics and gradients."""
   model_options = {'xception': TINY, 'inception_v3': dict(width_multiplier=0.125, bn_scale=True)}

@@ -77,6 +77,7 @@ def test_stack_batches_adds_a_leading_axis_and_copies_only_several():
   assert several['image'].shape == (3, 2, 3) and several['label'].tolist() == [[0, 0], [1, 1], [2, 2]]
 
 
+@pytest.mark.long(seconds=11)
 def test_fine_tuning_from_converted_weights_with_other_classes(tmp_path):
   pretrained_model = models.create_model('xception', num_classes=7, width_multiplier=0.25,
                                          middle_flow_repeats=1)

@@ -8,7 +8,7 @@ from run_helpers import REPO
 
 POSITIVE_INTEGER, COUNT = 'an integer >= 1', 'an integer >= 0'
 NON_NEGATIVE, FRACTION = 'a number >= 0', 'a number in [0, 1)'
-BOOLEAN, TEXT, OPTIONAL_TEXT = 'True or False', 'a string', 'a string'
+BOOLEAN, TEXT, OPTIONAL_TEXT = 'True or False', 'a string', 'a string or None'
 # Every field of the defaults: a value it refuses and what the error says is valid.
 TABLE = {
     'adamw_weight_decay': (-0.1, NON_NEGATIVE),

@@ -58,7 +58,9 @@ def text(optional: bool = False, nonempty: bool = False) -> Rule:
     if value is None and optional:
       return ''
     ok = isinstance(value, str) and (value or not nonempty)
-    return '' if ok else ('a non-empty string' if nonempty else 'a string')
+    if ok:
+      return ''
+    return 'a non-empty string' if nonempty else 'a string or None' if optional else 'a string'
   return check
 
 

@@ -102,7 +102,7 @@ EXECUTION_RULES = {f'execution.{name}': one_of('auto', *forms)
 RULES: dict[str, Rule] = {
     'seed': integer(0),
     'model': model_name,
-    'model_kwargs': lambda value: '',  # Checked per option against the model: model_options().
+    'model_kwargs': lambda value: '',  # Checked per option: check_model_options.
     **EXECUTION_RULES,
     'execution.remat': boolean,
     'dtype': one_of('float32', 'bfloat16'),
@@ -189,13 +189,8 @@ def unknown_field_error(name: str) -> str:
   return f'The config has no field {name}{closest(name, RULES)}.'
 
 
-def model_options(model: str) -> dict[str, Any]:
-  """The options `model_kwargs` may set for `model`, with their defaults."""
-  return models.model_options(model)
-
-
 def check_model_options(model: str, options: dict[str, Any]) -> None:
-  valid = model_options(model)
+  valid = models.model_options(model)
   for name, value in options.items():
     if name not in valid:
       raise ValueError(f'{model} has no option {name}{closest(name, valid)}; its options: '

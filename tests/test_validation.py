@@ -37,6 +37,11 @@ TABLE = {
     'ema_warmup': (None, BOOLEAN),
     'eval_batch_size': (-8, COUNT),
     'eval_crop_fraction': (0.0, 'a number in (0, 1]'),
+    'eval_datasets': ('imagenet_v2,@test', "'[NAME=]DATASET[@SPLIT],...' (e.g. "
+                                           "'imagenet2012_real,v2=imagenet_v2@test')"),
+    'eval_resize': ('nearest', "one of 'bilinear', 'bicubic'"),
+    'freeze': ('block[', "'', 'backbone', 'head' or a regular expression (not a regular "
+                         "expression (unterminated character set at position 5))"),
     'eval_every_steps': (2.5, COUNT),
     'eval_only': ('no', BOOLEAN),
     'eval_split': ('', 'a non-empty string'),
@@ -57,10 +62,13 @@ TABLE = {
     'lr_decay_epochs': (0.0, 'a number > 0'),
     'lr_decay_examples': (-5, COUNT),
     'lr_decay_rate': (1.5, 'a number in (0, 1]'),
+    'lr_multipliers': ('backbone:0.1', "'PATTERN=M,...' (PATTERN 'backbone', 'head' or a "
+                                       "regular expression; M >= 0)"),
+    'lr_schedule': ('step', "one of 'exponential', 'cosine'"),
     'manual_dir': (1, OPTIONAL_TEXT),
     'map_top_k': (0, POSITIVE_INTEGER),
-    'model': ('nope', 'one of inception_resnet_v1, inception_resnet_v2, inception_v3, '
-                      'inception_v4, xception'),
+    'model': ('nope', "one of inception_resnet_v1, inception_resnet_v2, inception_v3, "
+                      "inception_v4, xception ('' with init_from: its model)"),
     'momentum': (1.0, FRACTION),
     'nesterov': ('on', BOOLEAN),
     'nonfinite_steps': ('ignore', "one of 'stop', 'skip'"),
@@ -107,7 +115,8 @@ def test_every_config_file_and_variant_validates():
     variants = [''] if path.stem == 'quickstart' else ['', ':local']
     for variant in variants:
       config = load_config(f'{path}{variant}')
-      if path.stem == 'jft_like' and not variant:  # JFT is not public: the user names the data.
+      # JFT is not public, and fine-tuning is on the user's images: the user names the data.
+      if path.stem in ('jft_like', 'finetune') and not variant:
         with pytest.raises(ValueError, match='^dataset must be a data set'):
           validation.validate(config)
       else:
@@ -125,9 +134,9 @@ def test_unknown_fields_and_model_options_name_the_closest_valid_one():
     validation.validate(config)
   assert str(raised.value) == (
       'xception has no option widht_multiplier (did you mean width_multiplier?); its options: '
-      'bn_epsilon, bn_momentum, bn_scale, channel_segments, dropout_rate, fc_layers, '
-      'include_top, intermediate_activation, middle_flow_repeats, pool_padding, pooling, '
-      'residual, width_multiplier.')
+      'bn_epsilon, bn_momentum, bn_scale, channel_segments, dropout_rate, fc_activation, '
+      'fc_layers, include_top, intermediate_activation, middle_flow_repeats, pool_padding, '
+      'pooling, residual, width_multiplier.')
   config = base_config()
   config.model_kwargs.fc_layers = 'big'
   with pytest.raises(ValueError, match=r"^model_kwargs.fc_layers must be like \(\) \(tuple\), "

@@ -123,6 +123,7 @@ class InceptionBase(nn.Module):
   pooling: Optional[str] = 'avg'
   dropout_rate: float = 0.2                 # slim: dropout keep probability 0.8.
   fc_layers: Sequence[int] = ()             # FC layers before the classifier (Xception Fig. 8).
+  fc_activation: Optional[str] = 'relu'     # Of the fc_layers; None: linear.
   width_multiplier: float = 1.0
   avg_pool_count_include_pad: bool = False  # True: PyTorch's default (timm inception_v3).
   bn_momentum: float = 0.99
@@ -164,8 +165,9 @@ class InceptionBase(nn.Module):
       x = global_pool(x, self.pooling)
     else:
       aux = self.auxiliary(features, conv, norm) if train or self.is_initializing() else None
-      x = ClassifierHead(self.num_classes, self.dropout_rate, self.fc_layers, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name='head')(x, train)
+      x = ClassifierHead(self.num_classes, self.dropout_rate, self.fc_layers, self.pooling,
+                         self.fc_activation, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name='head')(x, train)
       if aux is not None and train:
         x = (x, aux)
     return (x, features) if return_features else x

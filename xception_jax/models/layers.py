@@ -146,20 +146,30 @@ class SeparableConvBN(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-  """Global average pool → optional ReLU FC layers → dropout → linear classifier."""
+  """Global pool ('avg' or 'max') → optional FC layers → dropout → linear classifier.
+
+  The FC layers use `fc_activation` ('relu' or None for linear ones).
+  """
   num_classes: int
   dropout_rate: float = 0.0
   fc_layers: Sequence[int] = ()
+  pooling: Optional[str] = 'avg'
+  fc_activation: Optional[str] = 'relu'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    if self.pooling not in ('avg', 'max'):
+      raise ValueError(f"A classifier head pools with 'avg' or 'max', got pooling="
+                       f"{self.pooling!r}; use include_top=False for the feature map.")
+    activation = activation_by_name(self.fc_activation)
     dense = functools.partial(nn.Dense, kernel_init=KERNEL_INIT, dtype=self.dtype,
                               param_dtype=self.param_dtype)
-    x = global_pool(x, 'avg')
+    x = global_pool(x, self.pooling)
     for i, width in enumerate(self.fc_layers):
-      x = nn.relu(dense(width, name=f'fc{i + 1}')(x))
+      x = dense(width, name=f'fc{i + 1}')(x)
+      x = x if activation is None else activation(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     # Logits in float32 whatever the compute dtype: the loss needs the precision.
     return dense(self.num_classes, name='predictions')(x).astype(jnp.float32)

@@ -53,6 +53,27 @@ def model_options(name: str) -> dict[str, Any]:
           if f.name not in NOT_OPTIONS}
 
 
+def model_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
+  """(registered name, options) that rebuild `model`'s architecture with `create_model`.
+
+  Options are `num_classes` and every architecture option whose value differs
+  from its default; how operations are computed (`dtype`, `execution`) is
+  not part of it.
+  """
+  name = model_name(model)
+  if name is None:
+    raise ValueError(f'{type(model).__name__} is not a registered model.')
+  options = {'num_classes': model.num_classes}
+  options.update({key: getattr(model, key) for key, default in model_options(name).items()
+                  if getattr(model, key) != default})
+  return name, options
+
+
+def options_from_json(options: dict[str, Any]) -> dict[str, Any]:
+  """Options read back from JSON: lists become the tuples the models' fields hold."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
   """Builds the model `name` with its attributes overridden by `kwargs`.
 

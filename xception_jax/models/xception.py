@@ -64,8 +64,9 @@ class XceptionModule(nn.Module):
 class Xception(nn.Module):
   """Xception classifier or backbone; inputs NHWC in [-1, 1], at least 71×71.
 
-  Returns logits (float32) when `include_top`; otherwise the exit-flow map,
-  pooled by `pooling` ('avg', 'max' or None). With `return_features=True` the
+  Returns logits (float32) when `include_top` (the head pools by `pooling`,
+  'avg' or 'max'); otherwise the exit-flow map, pooled by `pooling` ('avg',
+  'max' or None). With `return_features=True` the
   call returns `(output, features)`, `features` mapping 'stem', 'block2',
   'block3', 'entry_flow', 'middle_flow', 'exit_flow' to their feature maps
   (strides 2, 4, 8, 16, 16, 32).
@@ -77,6 +78,7 @@ class Xception(nn.Module):
   residual: bool = True                     # False: Fig. 9's non-residual Xception.
   intermediate_activation: Optional[str] = None   # 'relu' / 'elu': Fig. 10.
   fc_layers: Sequence[int] = ()             # (4096, 4096): the JFT variant, Fig. 8.
+  fc_activation: Optional[str] = 'relu'     # Of the fc_layers; None: linear.
   channel_segments: Optional[int] = None    # None = depthwise; 1 = full 3×3 conv (§1.2).
   width_multiplier: float = 1.0
   middle_flow_repeats: int = 8
@@ -138,8 +140,9 @@ class Xception(nn.Module):
     features['exit_flow'] = x
 
     if self.include_top:
-      x = ClassifierHead(self.num_classes, self.dropout_rate, self.fc_layers,
-                         dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x, train)
+      x = ClassifierHead(self.num_classes, self.dropout_rate, self.fc_layers, self.pooling,
+                         self.fc_activation, dtype=self.dtype, param_dtype=self.param_dtype,
+                         name='head')(x, train)
     else:
       x = global_pool(x, self.pooling)
     return (x, features) if return_features else x

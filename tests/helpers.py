@@ -112,3 +112,18 @@ def tiny_config(**overrides):
   c.shuffle_buffer = 64
   c.update(overrides)
   return c
+
+
+def timm_state_dict(name, model, variables) -> dict:
+  """Our timm-configured `model`'s `variables` as a timm state dict (PyTorch layouts, numpy):
+  a file in timm's format without torch, for the import and download tests."""
+  from flax import traverse_util
+  from xception_jax.weights import timm_import
+  flat = traverse_util.flatten_dict(variables)
+  state = {}
+  for ours, key, _ in timm_import.tensor_table(name, model):
+    value = np.asarray(flat[ours])
+    value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T if value.ndim == 2 \
+        else value
+    state[key] = np.ascontiguousarray(value)  # safetensors writes the buffer as it lies.
+  return state

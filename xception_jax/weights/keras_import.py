@@ -1,17 +1,20 @@
 """Variables for our models from Keras `applications` models or their saved files.
 
-Sources: a `keras.Model`; a `.keras` file; a full-model `.h5`; a weights-only
-`.h5` (the format of the official Keras ImageNet weights) or `.weights.h5`,
-loaded into a freshly built Keras application. Keras is imported lazily, so
-using the models never needs it.
+Models: an application (`keras.applications.Xception`, ...), or a fine-tuned
+classifier built on one (nested as a sub-model or inlined) with a head of
+global pooling, Dense and Dropout layers. Sources: a `keras.Model`; a `.keras`
+file; a full-model `.h5`; a weights-only `.h5` (the format of the official
+Keras ImageNet weights) or `.weights.h5`, loaded into a freshly built Keras
+application. Keras is imported lazily, so using the models never needs it.
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
+import flax.linen as nn
 import numpy as np
 
 from xception_jax import models
@@ -37,7 +40,7 @@ class KerasLayer:
 
 
 def register_mapper(name: str):
-  """Decorator: `fn(layers, order) -> tree.Converted` converts Keras model `name`.
+  """Decorator: `fn(layers, order) -> tree.Converted` converts Keras model `name`'s backbone.
 
   `order` is our model's `tree.layer_order`, for sources whose layers pair by position.
   """
@@ -47,21 +50,23 @@ def register_mapper(name: str):
   return register
 
 
-def _weighted_layers(model) -> Iterator[Any]:
+def _all_layers(model) -> Iterator[Any]:
+  """Every layer of `model` in graph order, nested models replaced by their own layers."""
   for layer in model.layers:
-    if hasattr(layer, 'layers'):  # A nested model: its own layers, in order.
-      yield from _weighted_layers(layer)
-    elif layer.weights:
+    if hasattr(layer, 'layers'):
+      yield from _all_layers(layer)
+    else:
       yield layer
+
+
+def keras_layer(layer) -> KerasLayer:
+  variables = {w.path.split('/')[-1]: np.asarray(w.numpy()) for w in layer.weights}
+  return KerasLayer(layer.name, type(layer).__name__, variables)
 
 
 def keras_layers(model) -> list[KerasLayer]:
   """Every Keras layer that holds variables, in model order."""
-  out = []
-  for layer in _weighted_layers(model):
-    variables = {w.path.split('/')[-1]: np.asarray(w.numpy()) for w in layer.weights}
-    out.append(KerasLayer(layer.name, type(layer).__name__, variables))
-  return out
+  return [keras_layer(layer) for layer in _all_layers(model) if layer.weights]
 
 
 def _classes_in_weights_file(path: Path) -> Optional[int]:
@@ -106,30 +111,135 @@ def load_keras_model(name: str, model_or_path: Any):
   return model
 
 
-def from_keras(name: str, model_or_path: Any, **model_kwargs) -> dict[str, Any]:
-  """Converts a Keras `name` model to `{'params', 'batch_stats'}` for our model.
+# The last layer of each application's backbone: what follows it is the classifier head.
+BACKBONE_ENDS = {'xception': 'block14_sepconv2_act', 'inception_v3': 'mixed10',
+                 'inception_resnet_v2': 'conv_7b_ac'}
+_POOLS = {'GlobalAveragePooling2D': 'avg', 'GlobalMaxPooling2D': 'max'}
+_HIDDEN_ACTIVATIONS = {'relu': 'relu', 'linear': None}
 
-  The returned tree fits `models.create_model(name, num_classes=C,
-  include_top=T, **model_kwargs)` where C and T are those of the Keras model
-  (a model without the dense layer gives `include_top=False`; passing
-  `include_top=False` for one with it imports the backbone only, as
-  `from_timm` does). Raises a ValueError naming every missing, unexpected or
-  mis-shaped tensor.
+
+class KerasHead(NamedTuple):
+  """A Keras classifier head as our model's options, and its Dense layers in order."""
+  options: dict[str, Any]
+  dense: list[Any]
+
+
+def _no_counterpart(layer, why: str) -> ValueError:
+  return ValueError(f'Keras layer {layer.name} ({type(layer).__name__}) has no counterpart in '
+                    f'our classifier head: {why}.')
+
+
+def read_head(layers: list[Any]) -> KerasHead:
+  """The head made of `layers` (those after the backbone), as model options.
+
+  Accepted: a global average or max pooling; Dense layers with ReLU or no
+  activation (an Activation layer may supply it); one Dropout directly before
+  the last Dense; a last Dense of any width, linear or softmax. Our head
+  computes exactly this (`fc_layers`, `fc_activation`, `dropout_rate`,
+  `num_classes`, `pooling`). Any other layer is a ValueError that names it.
+  """
+  pooling, dense, activations, dropout = None, [], [], None
+  for layer in layers:
+    kind = type(layer).__name__
+    if kind == 'InputLayer':
+      continue
+    if kind in _POOLS:
+      if pooling or dense:
+        raise _no_counterpart(layer, 'the head pools once, before its Dense layers')
+      pooling = _POOLS[kind]
+    elif kind == 'Flatten' and pooling and not dense:
+      continue  # A no-op on a globally pooled vector.
+    elif kind == 'Dense':
+      if pooling is None:
+        raise _no_counterpart(layer, 'a Dense layer needs a global pooling before it')
+      if dropout is not None and dropout[1] != len(dense):
+        raise _no_counterpart(dropout[0], 'dropout is applied only before the last Dense layer')
+      dense.append(layer)
+      activations.append(layer.activation.__name__)
+    elif kind == 'Activation' and dense and activations[-1] == 'linear':
+      activations[-1] = layer.activation.__name__
+    elif kind == 'Dropout' and dropout is None:
+      dropout = (layer, len(dense))
+    else:
+      raise _no_counterpart(layer, 'expected global pooling, Dense, Dropout or Activation')
+  if dropout is not None and dropout[1] != len(dense) - 1:
+    raise _no_counterpart(dropout[0], 'dropout is applied only before the last Dense layer')
+  if not dense:
+    return KerasHead({'include_top': False, 'pooling': pooling}, [])
+  hidden = activations[:-1]
+  for layer, activation in zip(dense[:-1], hidden):
+    if activation not in _HIDDEN_ACTIVATIONS or activation != hidden[0]:
+      raise _no_counterpart(layer, f'hidden Dense layers share one activation, relu or linear '
+                                   f'(this one: {activation})')
+  if activations[-1] not in ('linear', 'softmax'):
+    raise _no_counterpart(dense[-1], f'the last Dense layer is linear or softmax, not '
+                                     f'{activations[-1]}')
+  options = {'include_top': True, 'pooling': pooling,
+             'num_classes': int(dense[-1].units),
+             'fc_layers': tuple(int(layer.units) for layer in dense[:-1])}
+  if hidden:
+    options['fc_activation'] = _HIDDEN_ACTIVATIONS[hidden[0]]
+  own_classifier = [layer.name for layer in layers] == ['avg_pool', 'predictions']
+  if not own_classifier:  # An application's own classifier keeps the paper's dropout.
+    options['dropout_rate'] = float(dropout[0].rate) if dropout else 0.0
+  return KerasHead(options, dense)
+
+
+def fixed_input_size(keras_model) -> Optional[int]:
+  """The side of the Keras model's input when it is a fixed square, else None."""
+  shape = tuple(keras_model.inputs[0].shape)
+  return shape[1] if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2] else None
+
+
+def keras_to_ours(name: str, model_or_path: Any, **model_kwargs
+                  ) -> tuple[nn.Module, dict[str, Any], Optional[int]]:
+  """Our model for a Keras `name` model, its variables, and the Keras input size (or None).
+
+  The Keras model is an application (`keras.applications.Xception`, ...), alone
+  or as the backbone of a fine-tuned classifier: nested as a sub-model or
+  inlined, followed by a head that `read_head` accepts. Our model gets the
+  head's options (`num_classes`, `fc_layers`, `pooling`, ...); `model_kwargs`
+  override them (`include_top=False` imports the backbone alone). Raises a
+  ValueError naming every layer without a counterpart and every missing,
+  unexpected or mis-shaped tensor.
   """
   if name not in _MAPPERS:
     raise ValueError(f'No Keras import for {name!r}; supported: {", ".join(sorted(_MAPPERS))}.')
-  layers = keras_layers(load_keras_model(name, model_or_path))
-  head = [l for l in layers if l.kind == 'Dense' and l.name == 'predictions']
-  model_kwargs.setdefault('include_top', bool(head))
-  if head and not model_kwargs['include_top']:
-    layers = [l for l in layers if l is not head[0]]
-  elif head:
-    model_kwargs.setdefault('num_classes', head[0].variables['kernel'].shape[-1])
-  model = models.create_model(name, **model_kwargs)
+  keras_model = load_keras_model(name, model_or_path)
+  layers = list(_all_layers(keras_model))
+  names = [layer.name for layer in layers]
+  if BACKBONE_ENDS[name] not in names:
+    raise ValueError(f'The Keras model has no layer {BACKBONE_ENDS[name]}: it is not built on '
+                     f'keras.applications.{KERAS_APPLICATIONS[name]}.')
+  end = names.index(BACKBONE_ENDS[name]) + 1
+  head = read_head(layers[end:])
+  options = {**head.options, **model_kwargs}
+  if options['include_top'] and options.get('pooling', 'avg') is None:
+    del options['pooling']  # A classifier asked of a headless model pools by default.
+  model = models.create_model(name, **options)
   order, template = tree.layer_order(model)
-  converted = _MAPPERS[name](layers, order)
-  return tree.fill_variables(template, converted.flat, f'Keras {name}', converted.origins,
-                             converted.unused)
+  converted = _MAPPERS[name]([keras_layer(l) for l in layers[:end] if l.weights], order)
+  flat = dict(converted.flat)
+  head_paths = [f'fc{i + 1}' for i in range(len(head.dense) - 1)] + ['predictions']
+  for layer, path in zip(head.dense if model.include_top else (), head_paths):
+    _put(flat, ('head', path), keras_layer(layer))
+  variables = tree.fill_variables(template, flat, f'Keras {name}', converted.origins,
+                                  converted.unused)
+  return model, variables, fixed_input_size(keras_model)
+
+
+def from_keras(name: str, model_or_path: Any, **model_kwargs) -> dict[str, Any]:
+  """Converts a Keras `name` model to `{'params', 'batch_stats'}` for our model.
+
+  The returned tree fits `models.create_model(name, **options)` with the
+  options of the Keras model's head (`keras_to_ours` returns that model):
+  `num_classes`, `include_top` (False for a model without Dense layers),
+  and for a fine-tuned head `fc_layers`, `fc_activation`, `pooling` and
+  `dropout_rate`. Passing `include_top=False` for a model with a head imports
+  the backbone only, as `from_timm` does. Raises a ValueError naming every
+  layer without a counterpart and every missing, unexpected or mis-shaped tensor.
+  """
+  return keras_to_ours(name, model_or_path, **model_kwargs)[1]
 
 
 def _put(flat, prefix: tree.Path, layer: KerasLayer) -> None:
@@ -165,8 +275,6 @@ def _xception(layers: list[KerasLayer], order: Order) -> tree.Converted:
       prefix = (base, 'bn') if bn else (base,)
     elif m := re.fullmatch(r'(block\d+)_(sepconv\d)', base):
       prefix = (m[1], m[2], 'bn') if bn else (m[1], m[2])
-    elif layer.name == 'predictions':
-      prefix = ('head', 'predictions')
     elif layer.kind in shortcuts and (block := next(shortcuts[layer.kind], None)):
       prefix = (block, 'shortcut', 'conv' if layer.kind == 'Conv2D' else 'bn')
     else:
@@ -218,13 +326,9 @@ def _in_creation_order(layers: list[KerasLayer], order: Order,
                                         if layer.name not in used])
 
 
-def _head(path: tree.Path, kind: str):
-  return [('predictions', path)] if path == ('head', 'predictions') else None
-
-
 @register_mapper('inception_v3')
 def _inception_v3(layers: list[KerasLayer], order: Order) -> tree.Converted:
-  return _in_creation_order(layers, order, _head)
+  return _in_creation_order(layers, order, lambda path, kind: None)
 
 
 @register_mapper('inception_resnet_v2')
@@ -234,5 +338,5 @@ def _inception_resnet_v2(layers: list[KerasLayer], order: Order) -> tree.Convert
       return [(f'{path[0]}_conv', path)]
     if path == ('conv_7b',):
       return [('conv_7b', path + ('conv',)), ('conv_7b_bn', path + ('bn',))]
-    return _head(path, kind)
+    return None
   return _in_creation_order(layers, order, named)

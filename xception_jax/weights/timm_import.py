@@ -88,22 +88,31 @@ def _convert(kind: str, prefixes: tuple[str, ...], path: tree.Path) -> list[tupl
                 for collection, ours, theirs in norm]
 
 
-def from_timm(name: str, state_dict_or_path: Union[str, os.PathLike, Mapping[str, Any]],
-              **model_kwargs) -> dict[str, Any]:
-  """Converts timm `TIMM_NAMES[name]` weights to `{'params', 'batch_stats'}` for our model.
+def tensor_table(name: str, model) -> list[tuple[tree.Path, str, Callable]]:
+  """(our variable path, timm tensor name, conversion to ours) for every variable of `model`.
 
-  The returned tree fits `timm_model(name, num_classes=C, include_top=T,
-  **model_kwargs)`, C and T read from the checkpoint's classifier (none gives
-  `include_top=False`); an explicit `include_top=False` skips the classifier.
-  For inception_v3 the auxiliary classifier (`AuxLogits.*`, in timm's
-  `tv_in1k` weights) is imported with `aux_logits=True` and otherwise
-  skipped, as timm does. Raises a ValueError naming every missing,
-  unexpected or mis-shaped tensor with its timm name.
+  `model` is our `name` model configured as `timm_model(name, ...)`; the
+  conversion turns timm's array (PyTorch layout) into ours.
   """
+  order, _ = tree.layer_order(model)
+  entries = _LAYOUTS[name][1](model)
+  table = []
+  for (path, kind), (source_kind, prefixes) in zip(order, entries):
+    if source_kind != kind:
+      raise ValueError(f'Cannot load timm {TIMM_NAMES[name]} into the model: '
+                       f'{"/".join(path)} is a {kind} layer but timm has a {source_kind} '
+                       f'layer {", ".join(prefixes)} in its place.')
+    table += _convert(kind, prefixes, path)
+  return table
+
+
+def timm_to_ours(name: str, state_dict_or_path: Union[str, os.PathLike, Mapping[str, Any]],
+                 **model_kwargs) -> tuple[Any, dict[str, Any]]:
+  """Our model for timm `TIMM_NAMES[name]` weights and its variables (see `from_timm`)."""
   if name not in _LAYOUTS:
     raise ValueError(f'No timm import for {name!r}; supported: {", ".join(sorted(_LAYOUTS))}.')
   state = read_state_dict(state_dict_or_path)
-  classifier, layout = _LAYOUTS[name]
+  classifier, _ = _LAYOUTS[name]
   model_kwargs.setdefault('include_top', f'{classifier}.weight' in state)
   if model_kwargs['include_top'] and f'{classifier}.weight' in state:
     model_kwargs.setdefault('num_classes', state[f'{classifier}.weight'].shape[0])
@@ -112,26 +121,32 @@ def from_timm(name: str, state_dict_or_path: Union[str, os.PathLike, Mapping[str
     skipped += ('AuxLogits.',)
   state = {k: v for k, v in state.items() if not k.startswith(skipped)}
   model = timm_model(name, **model_kwargs)
-  order, template = tree.layer_order(model)
-  entries = layout(model)
+  _, template = tree.layer_order(model)
   flat: dict[tree.Path, np.ndarray] = {}
   origins: dict[tree.Path, str] = {}
-  used = set()
-  for i, (path, kind) in enumerate(order):
-    if i >= len(entries):
-      break
-    source_kind, prefixes = entries[i]
-    if source_kind != kind:
-      raise ValueError(f'Cannot load timm {TIMM_NAMES[name]} into the model: '
-                       f'{"/".join(path)} is a {kind} layer but timm has a {source_kind} '
-                       f'layer {", ".join(prefixes)} in its place.')
-    for ours, key, convert in _convert(kind, prefixes, path):
-      origins[ours] = f'timm {key}'
-      if key in state:
-        flat[ours] = convert(state[key])
-        used.add(key)
+  for ours, key, convert in tensor_table(name, model):
+    origins[ours] = f'timm {key}'
+    if key in state:
+      flat[ours] = convert(state[key])
+  used = {origins[path][len('timm '):] for path in flat}
   unused = [f'timm {key}' for key in state if key not in used]
-  return tree.fill_variables(template, flat, f'timm {TIMM_NAMES[name]}', origins, unused)
+  return model, tree.fill_variables(template, flat, f'timm {TIMM_NAMES[name]}', origins, unused)
+
+
+def from_timm(name: str, state_dict_or_path: Union[str, os.PathLike, Mapping[str, Any]],
+              **model_kwargs) -> dict[str, Any]:
+  """Converts timm `TIMM_NAMES[name]` weights to `{'params', 'batch_stats'}` for our model.
+
+  The returned tree fits `timm_model(name, num_classes=C, include_top=T,
+  **model_kwargs)`, C and T read from the checkpoint's classifier (none gives
+  `include_top=False`; any number of classes, e.g. a fine-tuned model's); an
+  explicit `include_top=False` skips the classifier. For inception_v3 the
+  auxiliary classifier (`AuxLogits.*`, in timm's `tv_in1k` weights) is
+  imported with `aux_logits=True` and otherwise skipped, as timm does. Raises
+  a ValueError naming every missing, unexpected or mis-shaped tensor with its
+  timm name.
+  """
+  return timm_to_ours(name, state_dict_or_path, **model_kwargs)[1]
 
 
 def _conv_bn(*modules: str) -> list[Entry]:

@@ -13,6 +13,7 @@ from xception_jax.trainer import optim, steps, train
 from xception_jax.tools import plot
 from xception_jax.trainer.config_defaults import load_config
 from xception_jax.data import pipeline, sources
+from xception_jax.models.inputs import Preprocessing
 from xception_jax.trainer.metric_writers import read_metrics
 from xception_jax.trainer.state import create_train_state
 
@@ -35,7 +36,7 @@ def label_folder(tmp_path, with_classes_file=True):
 def test_label_files_give_multi_hot_labels(tmp_path):
   source = sources.get_source(f'multilabel:{label_folder(tmp_path)}')
   assert source.multilabel and source.class_names == ['cat', 'dog', 'emu', 'yak']
-  ds, _ = pipeline.eval_batches(source, 'test', 4, 16)
+  ds, _ = pipeline.eval_batches(source, 'test', 4, Preprocessing(16))
   batches = list(ds.as_numpy_iterator())
   assert [b['label'].shape for b in batches] == [(4, 4), (4, 4)]
   ids = np.concatenate([image_ids(b['image']) for b in batches])[:6]
@@ -63,7 +64,7 @@ def test_label_file_errors(tmp_path):
 def test_tfds_sequence_and_multi_hot_features_give_multi_hot_labels(tmp_path, label_key):
   source = sources.get_source('multi_label_shapes', data_dir=str(tmp_path), label_key=label_key)
   assert source.multilabel and source.num_classes == 4 and source.split_size('test') == 13
-  ds, _ = pipeline.eval_batches(source, 'test', 13, 16)
+  ds, _ = pipeline.eval_batches(source, 'test', 13, Preprocessing(16))
   batch = next(ds.as_numpy_iterator())
   np.testing.assert_array_equal(batch['label'], multilabel_bits(image_ids(batch['image'])))
   assert source.class_names == (['a', 'b', 'c', 'd'] if label_key == 'labels'
@@ -139,6 +140,7 @@ def test_predict_reads_multilabel_outputs_as_sigmoids():
   logits = np.asarray(model.apply(variables, images))[0]
   for multilabel, expected in ((True, 1 / (1 + np.exp(-logits))),
                                (False, np.exp(logits) / np.exp(logits).sum())):
-    top = predict.top_classes(model, variables, images, names, top=6, multilabel=multilabel)[0]
+    predictor = predict.Predictor(model, variables, Preprocessing(16), names, multilabel)
+    top = predict.top_classes(predictor, images, top=6)[0]
     assert [name for name, _ in top] == [names[i] for i in np.argsort(-logits)]
     np.testing.assert_allclose([p for _, p in top], np.sort(expected)[::-1], rtol=1e-5)

@@ -1,96 +1,88 @@
 r"""Prints the top-5 classes, with names and probabilities, for image files.
 
 Probabilities are softmax outputs, or per-class sigmoids for a model trained
-on multi-label data.
-
-From a training workdir (its config, class names and latest checkpoint; the
-averaged weights unless --raw):
-  python -m xception_jax.predict --workdir=runs/quickstart digit1.png digit2.png
-From converted weights:
-  python -m xception_jax.predict --weights=weights/xception_keras --model=xception \
-      --image_size=299 --labels=imagenet_names.txt photo.jpg
+on multi-label data. Each source brings its model, preprocessing and class
+names:
+  python -m xception_jax.predict --workdir=runs/flowers photo.jpg      # a training workdir
+  python -m xception_jax.predict --weights=weights/xception photo.jpg  # converted weights
+  python -m xception_jax.predict --pretrained=xception.keras_in1k photo.jpg
+A workdir gives its averaged weights unless --raw. Converted weights of the
+older layout (no weights.json) need --model (and --set, --image_size, --labels).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
 from xception_jax import models, weights
-from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import preprocessing
-from xception_jax.trainer.state import build_model
+from xception_jax.models.inputs import Preprocessing
+from xception_jax.trainer.predictor import Predictor, from_weights, from_workdir
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to take everything from.')
-_RAW = flags.DEFINE_bool('raw', False, 'Use the raw instead of the averaged (EMA) weights.')
-_WEIGHTS = flags.DEFINE_string('weights', None, 'Converted-weights directory (convert command).')
-_MODEL = flags.DEFINE_string('model', 'xception', 'Model name (with --weights).')
-_SET = flags.DEFINE_multi_string('set', [], 'Model option key=value (with --weights).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 299, 'Input size (with --weights).')
-_LABELS = flags.DEFINE_string('labels', None, 'Text file with one class name per line.')
-_TOP = flags.DEFINE_integer('top', 5, 'Number of classes to print per image.')
+FLAGS = flags.FLAGS
 
 
-def load_images(paths: Sequence[str], image_size: int, crop_fraction: float) -> np.ndarray:
-  """Evaluation preprocessing of each file → [N, size, size, 3] in [-1, 1]."""
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Training workdir to take everything from.')
+  flags.DEFINE_bool('raw', False, 'Use the raw instead of the averaged (EMA) weights.')
+  flags.DEFINE_string('weights', None, 'Converted-weights directory (convert command).')
+  flags.DEFINE_string('pretrained', None, 'A pretrained tag (convert --list).')
+  flags.DEFINE_string('model', None, 'Model name, for converted weights without weights.json.')
+  flags.DEFINE_multi_string('set', [], "Model option key=value (overrides the weights').")
+  flags.DEFINE_integer('image_size', None, "Input size (default: the weights').")
+  flags.DEFINE_string('labels', None, 'Text file with one class name per line.')
+  flags.DEFINE_integer('top', 5, 'Number of classes to print per image.')
+
+
+def load_images(paths: Sequence[str], spec: Preprocessing) -> np.ndarray:
+  """Evaluation preprocessing of each file → [N, size, size, 3]."""
   images = []
   for path in paths:
     if not Path(path).is_file():
       raise FileNotFoundError(f'No image file at {path}.')
     try:
-      images.append(preprocessing.preprocess_for_eval(tf.io.read_file(path), image_size,
-                                                      crop_fraction).numpy())
+      images.append(preprocessing.preprocess_for_eval(
+          tf.io.read_file(path), spec.image_size, spec.crop_fraction, spec).numpy())
     except tf.errors.InvalidArgumentError:
       raise ValueError(f'{path} is not a decodable image (JPEG, PNG, BMP or GIF).') from None
   return np.stack(images)
 
 
-def top_classes(model, variables: dict[str, Any], images: np.ndarray, class_names: Sequence[str],
-                top: int = 5, multilabel: bool = False) -> list[list[tuple[str, float]]]:
+def top_classes(predictor: Predictor, images: np.ndarray,
+                top: int = 5) -> list[list[tuple[str, float]]]:
   """For each image, the `top` (name, probability) pairs, most likely first."""
+  model = predictor.model
   logits = jax.jit(model.apply, compiler_options=models.compiler_options(model=model))(
-      variables, jnp.asarray(images))
-  probabilities = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
-  order = np.argsort(-np.asarray(probabilities), axis=-1)[:, :top]
-  return [[(class_names[i], float(p[i])) for i in row]
-          for row, p in zip(order, np.asarray(probabilities))]
+      predictor.variables, jnp.asarray(images))
+  probabilities = np.asarray(jax.nn.sigmoid(logits) if predictor.multilabel
+                             else jax.nn.softmax(logits))
+  order = np.argsort(-probabilities, axis=-1)[:, :top]
+  return [[(predictor.class_names[i], float(p[i])) for i in row]
+          for row, p in zip(order, probabilities)]
 
 
-def from_workdir(workdir: str,
-                 raw: bool) -> tuple[Any, dict[str, Any], list[str], int, float, bool]:
-  """Model, variables, class names, image size, crop fraction, multi-label? of a workdir."""
-  path = Path(workdir)
-  if not (path / 'config.json').is_file():
-    raise FileNotFoundError(f'{path} has no config.json: not a training workdir.')
-  config = json.loads((path / 'config.json').read_text())
-  class_names = json.loads((path / 'class_names.json').read_text())
-  checkpoints = Checkpoints(path / 'checkpoints', async_save=False)
-  if not checkpoints.steps():
-    raise FileNotFoundError(f'{path / "checkpoints"} holds no checkpoint yet.')
-  saved = checkpoints.restore_arrays(checkpoints.steps()[-1])
-  prefix = '' if raw else 'ema_'
-  variables = {'params': saved[f'{prefix}params'], 'batch_stats': saved[f'{prefix}batch_stats']}
-  model = build_model(ml_collections.ConfigDict(config), len(class_names))
-  task = path / 'task.json'
-  multilabel = task.is_file() and json.loads(task.read_text())['multilabel']
-  return (model, variables, class_names, config['image_size'], config['eval_crop_fraction'],
-          multilabel)
-
-
-def read_labels(path: Optional[str], num_classes: int) -> list[str]:
-  if path is None:
-    return [f'class {i}' for i in range(num_classes)]
-  names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-  if len(names) != num_classes:
-    raise ValueError(f'{path} names {len(names)} classes; the model has {num_classes}.')
-  return names
+def predictor_from_flags() -> Predictor:
+  sources = [f for f in (FLAGS.workdir, FLAGS.weights, FLAGS.pretrained) if f]
+  if len(sources) != 1:
+    raise ValueError('Give one of --workdir, --weights or --pretrained.')
+  if FLAGS.workdir:
+    predictor = from_workdir(FLAGS.workdir, FLAGS.raw)
+  else:
+    predictor = from_weights(FLAGS.weights or FLAGS.pretrained, FLAGS.model,
+                             models.parse_options(FLAGS.set))
+  if FLAGS.image_size:
+    predictor.preprocessing = dataclasses.replace(predictor.preprocessing,
+                                                  image_size=FLAGS.image_size)
+  if FLAGS.labels:
+    predictor.class_names = weights.read_class_names(FLAGS.labels, predictor.model.num_classes)
+  return predictor
 
 
 def main(argv):
@@ -98,20 +90,9 @@ def main(argv):
   if not files:
     raise app.UsageError('Give one or more image files.')
   try:
-    if _WORKDIR.value:
-      model, variables, names, size, crop, multilabel = from_workdir(_WORKDIR.value, _RAW.value)
-    elif _WEIGHTS.value:
-      variables = weights.load_variables(_WEIGHTS.value)
-      num_classes = variables['params']['head']['predictions']['bias'].shape[0]
-      model = models.create_model(_MODEL.value, num_classes=num_classes,
-                                  **models.parse_options(_SET.value))
-      names, size, crop = read_labels(_LABELS.value, num_classes), _IMAGE_SIZE.value, 0.875
-      multilabel = False
-    else:
-      raise ValueError('Give --workdir or --weights.')
-    results = top_classes(model, variables, load_images(files, size, crop), names, _TOP.value,
-                          multilabel)
-  except (ValueError, FileNotFoundError) as e:
+    predictor = predictor_from_flags()
+    results = top_classes(predictor, load_images(files, predictor.preprocessing), FLAGS.top)
+  except (ValueError, OSError) as e:
     raise SystemExit(f'error: {e}') from None
   for path, classes in zip(files, results):
     print(path)
@@ -120,4 +101,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -16,6 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Model: any name of models.list_models(); model_kwargs are its module attributes.
+  # '' takes the model and its options from init_from's converted weights.
   c.model = 'xception'
   c.model_kwargs = ml_collections.ConfigDict()
   # How the model's operations are computed (models.Execution; never what they compute):
@@ -24,7 +25,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.execution = ml_collections.ConfigDict(dict(
       depthwise='auto', pointwise='auto', conv='auto', pool='auto', norm='auto', remat=False))
   c.dtype = 'float32'            # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
-  c.init_from = ''               # Converted weights (python -m xception_jax.convert) to start from.
+  # Weights to start from: a pretrained tag (weights.list_pretrained()) or a converted-weights
+  # directory (python -m xception_jax.convert); a classifier of another size starts fresh.
+  c.init_from = ''
+  # Transfer learning (trainer/param_groups.py): parameters to keep fixed ('' none, 'backbone',
+  # or a regular expression over parameter paths; their batch norms run in inference mode),
+  # and learning-rate multipliers per group, e.g. 'backbone=0.1'.
+  c.freeze = ''
+  c.lr_multipliers = ''
 
   # Data: a TFDS name, 'folder:PATH' (PATH/<split>/<class>/<image>), 'multilabel:PATH'
   # (PATH/<split>.jsonl label files), or bundled 'digits' / 'digits_multilabel'.
@@ -34,8 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.manual_dir = ml_collections.config_dict.placeholder(str)  # ImageNet's downloaded archives.
   c.train_split = 'train'
   c.eval_split = 'validation'
+  # More evaluation sets, '[NAME=]DATASET[@SPLIT],...' (e.g. 'imagenet2012_real,imagenet_v2';
+  # the split defaults to the set's own), evaluated beside eval_split, metrics eval_<NAME>/.
+  c.eval_datasets = ''
   c.image_size = 299
   c.eval_crop_fraction = 0.875
+  c.eval_resize = 'bilinear'     # 'bilinear' (slim, Keras) or 'bicubic' (timm's evaluation).
   c.shuffle_buffer = 16_384
   c.augment = ml_collections.ConfigDict(dict(
       min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.05, 1.0),
@@ -60,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rmsprop_decay = 0.9
   c.rmsprop_epsilon = 1.0
   c.adamw_weight_decay = 0.0
+  c.lr_schedule = 'exponential'  # Staircase decay by lr_decay_rate, or 'cosine' to 0 at the end.
   c.lr_decay_rate = 0.94
   c.lr_decay_epochs = 2.0
   c.lr_decay_examples = 0        # > 0: decay every this many examples instead of epochs.

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -16,11 +17,18 @@ from xception_jax import models, weights
 from xception_jax.trainer import distributed, multilabel, sharding, steps, validation
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import pipeline, sources
+from xception_jax.models.inputs import Preprocessing
 from xception_jax.trainer.metric_writers import MetricWriter
-from xception_jax.trainer.state import build_model
+from xception_jax.trainer.state import build_model, init_from_directory, with_init_from_model
 
 METRICS = ('top1', 'top5', 'loss')
 PER_CLASS_FILE = 'per_class_ap.json'
+
+
+def eval_preprocessing(config: ml_collections.ConfigDict) -> Preprocessing:
+  """A training config's evaluation preprocessing (image size, central crop, resize)."""
+  return Preprocessing(config.image_size, config.eval_crop_fraction,
+                       config.get('eval_resize', 'bilinear'))
 
 
 class Evaluator:
@@ -33,9 +41,9 @@ class Evaluator:
   """
 
   def __init__(self, model, source: sources.Source, config: ml_collections.ConfigDict,
-               mesh: jax.sharding.Mesh):
+               mesh: jax.sharding.Mesh, split: Optional[str] = None):
     self.source, self.config, self.mesh = source, config, mesh
-    self.split = config.eval_split
+    self.split = split or config.eval_split
     self.local_batch = sharding.check_batch_size(config.get('eval_batch_size') or
                                                  config.batch_size, mesh)
     self.num_examples = source.split_size(self.split)
@@ -55,8 +63,8 @@ class Evaluator:
   def __call__(self, variable_sets: dict[str, Any]) -> dict[str, float]:
     """{'count', '<metric><suffix>' ...} averaged over the split (see the class docstring)."""
     dataset, _ = pipeline.eval_batches(
-        self.source, self.split, self.local_batch, self.config.image_size,
-        self.config.eval_crop_fraction, jax.process_index(), jax.process_count(),
+        self.source, self.split, self.local_batch, eval_preprocessing(self.config),
+        process_index=jax.process_index(), process_count=jax.process_count(),
         num_examples=self.num_examples, bad_images=self.bad_images)
     totals: dict[str, np.ndarray] = defaultdict(float)
     rankings = []
@@ -81,10 +89,23 @@ class Evaluator:
       logging.warning('Evaluation skipped %d image(s) of %s that do not decode; counted %d.',
                       skipped, self.split, round(count))
     if not self.source.multilabel:
-      results = {'count': count, **{k: float(v) / count for k, v in totals.items()}}
+      results = self._single_label_results(count, totals, list(variable_sets))
     else:
       results = self._multilabel_results(count, totals, rankings, list(variable_sets))
     return {**results, 'skipped_images': float(skipped)} if skipped else results
+
+  @staticmethod
+  def _single_label_results(count, totals, suffixes) -> dict[str, float]:
+    """Per-example means over the scored examples; 'unscored': those with no right answer
+    (an empty ReaL set), which no metric counts."""
+    scored = float(totals[f'scored{suffixes[0]}'])
+    results = {'count': scored}
+    for key, value in totals.items():
+      if not key.startswith('scored'):
+        results[key] = float(value) / scored if scored else float('nan')
+    if scored != count:
+      results['unscored'] = count - scored
+    return results
 
   def _multilabel_results(self, count, totals, rankings, suffixes) -> dict[str, float]:
     has_ap = float(totals.pop('has_ap'))
@@ -114,12 +135,44 @@ class Evaluator:
     (Path(workdir) / PER_CLASS_FILE).write_text(json.dumps(record) + '\n')
 
 
+def parse_eval_datasets(spec: str) -> list[tuple[str, str, str]]:
+  """'[NAME=]DATASET[@SPLIT],...' → [(name, dataset, split)]: the name defaults to the data
+  set's ('imagenet_v2', a folder's last component), the split to the set's evaluation split."""
+  parsed = []
+  for item in filter(None, (part.strip() for part in spec.split(','))):
+    name, _, rest = item.rpartition('=') if re.match(r'\w+=', item) else ('', '', item)
+    dataset, _, split = rest.partition('@')
+    name = name or re.sub(r'\W+', '_', dataset.rstrip('/').rsplit('/', 1)[-1]
+                          if dataset.startswith('folder:') else dataset).strip('_')
+    parsed.append((name, dataset, split or sources.evaluation_split(dataset)))
+  return parsed
+
+
+def extra_sets(config: ml_collections.ConfigDict,
+               num_classes: int) -> list[tuple[str, sources.Source, str]]:
+  """(name, source, split) of each of `eval_datasets`; a ValueError for a set whose classes
+  are not the model's."""
+  extra = []
+  for name, dataset, split in parse_eval_datasets(config.get('eval_datasets', '')):
+    source = sources.get_source(dataset, data_dir=config.get('data_dir'),
+                                manual_dir=config.get('manual_dir'),
+                                bad_images=config.get('bad_images', 'error'))
+    if source.num_classes != num_classes:
+      raise ValueError(f'eval_datasets: {dataset} has {source.num_classes} classes, the model '
+                       f'{num_classes}.')
+    extra.append((name, source, split))
+  return extra
+
+
 def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Evaluates `config.init_from` (converted weights), else the workdir's latest checkpoint.
 
-  Writes the metrics to the workdir (metrics.jsonl and eval_only.json) and
-  returns them; a checkpoint gives raw and averaged ('_ema') metrics.
+  With `model=''` and converted weights that record them, the weights' model
+  and evaluation preprocessing are used. Writes the metrics to the workdir
+  (metrics.jsonl and eval_only.json) and returns them; a checkpoint gives raw
+  and averaged ('_ema') metrics.
   """
+  config = with_init_from_model(config, evaluation=True)
   validation.validate(config)
   distributed.initialize(config)
   workdir_path = Path(workdir)
@@ -129,8 +182,12 @@ def evaluate_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   model = build_model(config, source.num_classes)
   replicated = sharding.replicated(mesh)
   if config.get('init_from'):
-    variables = jax.device_put(weights.load_variables(config.init_from), replicated)
-    variable_sets, step = {'': variables}, 0
+    variables = weights.load_variables(init_from_directory(config))
+    classes = variables['params'].get('head', {}).get('predictions', {}).get('bias')
+    if classes is None or classes.shape[0] != source.num_classes:
+      raise ValueError(f'{config.init_from} has no classifier for the {source.num_classes} '
+                       f'classes of {config.dataset}: nothing to evaluate it with.')
+    variable_sets, step = {'': jax.device_put(variables, replicated)}, 0
   else:
     checkpoints = Checkpoints(workdir_path / 'checkpoints', async_save=False)
     if not checkpoints.steps():

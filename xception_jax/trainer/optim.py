@@ -6,8 +6,11 @@
   ε inside the square root, the accumulator starting at 1, and the learning
   rate applied before the momentum trace — exactly TF's RMSPropOptimizer.
 - Adam / AdamW for fine-tuning.
-- Staircase exponential decay every N epochs or every N examples, optional
-  linear warm-up, learning rate scaled by global batch / reference batch.
+- Staircase exponential decay every N epochs or every N examples (the
+  papers'), or cosine decay to zero over the run (fine-tuning); optional
+  linear warm-up; learning rate scaled by global batch / reference batch.
+- Parameter groups (param_groups.py): frozen parameters, per-group
+  learning-rate multipliers.
 - Weight decay as an L2 term, wd/2 · Σ‖kernel‖² (tf.nn.l2_loss convention, so
   the gradient is wd · kernel), on conv and dense kernels only.
 - Polyak averaging with TF's warm-up.
@@ -23,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import traverse_util
+
+from xception_jax.trainer import param_groups
 
 
 def steps_per_decay(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -40,9 +45,13 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
 
 def learning_rate_schedule(config: ml_collections.ConfigDict,
                            steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up to the peak, then staircase exponential decay from the warm-up's end."""
+  """Linear warm-up to the peak, then from the warm-up's end staircase exponential decay
+  (`lr_schedule='exponential'`) or cosine decay to 0 at the last step ('cosine')."""
   peak = peak_learning_rate(config)
   warmup_steps = round(config.get('warmup_epochs', 0) * steps_per_epoch)
+  if config.get('lr_schedule', 'exponential') == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps, max(total_steps(config, steps_per_epoch), warmup_steps + 1))
   decay = optax.exponential_decay(peak, transition_steps=steps_per_decay(config, steps_per_epoch),
                                   decay_rate=config.lr_decay_rate, staircase=True)
   if warmup_steps == 0:
@@ -53,7 +62,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
 
 def optimizer(config: ml_collections.ConfigDict,
               schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The config's optimizer, preceded by global-norm clipping when `grad_clip_norm` is set."""
+  """The config's optimizer, preceded by global-norm clipping when `grad_clip_norm` is set,
+  per parameter group when `freeze` or `lr_multipliers` are set."""
   name = config.optimizer
   if name == 'sgd':
     tx = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.get('nesterov',
@@ -70,7 +80,7 @@ def optimizer(config: ml_collections.ConfigDict,
     raise ValueError(f"Unknown optimizer {name!r}; choose 'sgd', 'rmsprop', 'adam' or 'adamw'.")
   if config.get('grad_clip_norm'):
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  return tx
+  return param_groups.grouped(tx, config.get('freeze', ''), config.get('lr_multipliers', ''))
 
 
 def kernel_mask(params: Any) -> Any:

@@ -1,12 +1,13 @@
 """What a resumed run may change: the workdir's saved config against the new one.
 
 Three kinds of field:
-- structure (`STRUCTURE`): the model, its options and the optimizer decide what
-  a checkpoint holds; a change is always refused (start a new workdir, or
-  `init_from` the old weights);
+- structure (`STRUCTURE`): the model, its options, the optimizer and its
+  parameter groups decide what a checkpoint holds; a change is always refused
+  (start a new workdir, or `init_from` the old weights);
 - free (`FREE`): logging, evaluation, checkpointing, where the data lives, how
-  operations are computed, and the run's length (the schedule does not depend
-  on it) change freely;
+  operations are computed, and the run's length (the staircase schedule does
+  not depend on it; a cosine schedule does, and then it changes a step's
+  meaning) change freely;
 - every other field changes what a step means (batch size, data, schedule,
   augmentation, seed, ...): refused unless `resume_with_changes` names it, and
   then logged and appended to the workdir's `config_changes.jsonl`.
@@ -25,19 +26,26 @@ from xception_jax.trainer.validation import flatten, split_names
 
 CONFIG_FILE = 'config.json'
 CHANGES_FILE = 'config_changes.jsonl'
-STRUCTURE = ('model', 'model_kwargs', 'optimizer')
+STRUCTURE = ('model', 'model_kwargs', 'optimizer', 'freeze', 'lr_multipliers')
 FREE = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
         'async_checkpoints', 'eval_only', 'eval_batch_size', 'eval_split', 'eval_crop_fraction',
+        'eval_resize', 'eval_datasets',
         'map_top_k', 'class_weights', 'nonfinite_steps', 'compilation_cache_dir', 'data_dir',
         'manual_dir', 'num_epochs', 'total_steps', 'steps_per_call', 'execution', 'distributed',
         'init_from', 'bad_images', 'resume_with_changes', 'workdir_lock_stale_seconds')
 
 
-def kind(field: str) -> str:
+# The run's length decides a cosine schedule's every step: no longer free then.
+LENGTH = ('num_epochs', 'total_steps')
+
+
+def kind(field: str, lr_schedule: str = 'exponential') -> str:
   """'structure', 'free' or 'meaning' for a dotted config field."""
   top = field.split('.')[0]
   if top in STRUCTURE:
     return 'structure'
+  if top in LENGTH and lr_schedule == 'cosine':
+    return 'meaning'
   return 'free' if top in FREE else 'meaning'
 
 
@@ -92,8 +100,10 @@ def check(workdir: Path, config: ml_collections.ConfigDict,
     logging.warning('%s has checkpoints but no %s: the config cannot be compared; the '
                     "checkpoint's structure still is.", workdir, CONFIG_FILE)
     return {}
-  changes = {k: v for k, v in differences(old, as_json(config)).items() if kind(k) != 'free'}
-  structure = {k: v for k, v in changes.items() if kind(k) == 'structure'}
+  schedule = config.get('lr_schedule', 'exponential')
+  changes = {k: v for k, v in differences(old, as_json(config)).items()
+             if kind(k, schedule) != 'free'}
+  structure = {k: v for k, v in changes.items() if kind(k, schedule) == 'structure'}
   where = f'{workdir} holds checkpoints up to step {latest_step} of another config'
   if structure:
     raise ValueError(f'{where}, whose state has another structure ({describe(structure)}); '

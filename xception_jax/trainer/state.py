@@ -11,11 +11,10 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from xception_jax import models
+from xception_jax import models, weights
+from xception_jax.trainer.param_groups import HEAD_MODULES
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# Sub-trees that may differ from a pretrained checkpoint (a new number of classes).
-HEAD_MODULES = ('head', 'aux_head')
 
 
 @flax.struct.dataclass
@@ -38,6 +37,46 @@ class TrainState:
     if ema:
       return {'params': self.ema_params, 'batch_stats': self.ema_batch_stats}
     return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def init_from_directory(config: ml_collections.ConfigDict):
+  """The converted-weights directory `init_from` names (a tag is downloaded and converted
+  the first time), or None without init_from."""
+  if not config.get('init_from'):
+    return None
+  return weights.resolve(config.init_from)
+
+
+def with_init_from_model(config: ml_collections.ConfigDict,
+                         evaluation: bool = False) -> ml_collections.ConfigDict:
+  """`config`, with `model` and `model_kwargs` from `init_from`'s weights when `model` is ''.
+
+  The weights' options come first and the config's `model_kwargs` override
+  them; the classifier always exists and its size comes from the data. For an
+  `evaluation`, the weights' preprocessing (image size, crop, resize) too.
+  Weights that expect inputs other than [−1, 1] (what the input pipeline
+  feeds) are a ValueError.
+  """
+  directory = init_from_directory(config) if not config.get('model') else None
+  if directory is None or not weights.is_converted(directory):
+    return config
+  info = weights.load_info(directory)
+  if not info.preprocessing.minus_one_to_one:
+    raise ValueError(f'{config.init_from} expects inputs normalised with mean '
+                     f'{info.preprocessing.mean} and std {info.preprocessing.std}; training '
+                     'feeds images scaled to [-1, 1]: convert weights trained that way.')
+  options = {k: v for k, v in info.options.items() if k not in ('num_classes', 'include_top')}
+  if 'pooling' in options and options['pooling'] is None:
+    del options['pooling']  # A feature-map backbone: the classifier pools as the model does.
+  resolved = config.copy_and_resolve_references()
+  with resolved.unlocked():
+    resolved.model = info.model
+    resolved.model_kwargs = ml_collections.ConfigDict({**options, **config.model_kwargs})
+    if evaluation:
+      resolved.image_size = info.preprocessing.image_size
+      resolved.eval_crop_fraction = info.preprocessing.crop_fraction
+      resolved.eval_resize = info.preprocessing.resize
+  return resolved
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):

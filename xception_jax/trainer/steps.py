@@ -10,7 +10,7 @@ import optax
 
 from xception_jax.trainer import losses
 from xception_jax.trainer import multilabel as multilabel_metrics
-from xception_jax.trainer import optim
+from xception_jax.trainer import optim, param_groups
 from xception_jax.trainer.state import TrainState
 
 
@@ -28,6 +28,10 @@ class StepConfig:
   bn_groups: int = 1
   # Multi-hot labels, per-class sigmoid cross-entropy (JFT); else class indices, softmax.
   multilabel: bool = False
+  # Transfer learning (param_groups.py): the `freeze` pattern, and the batch norms it
+  # freezes, which run in inference mode.
+  freeze: str = ''
+  frozen_norms: frozenset[tuple[str, ...]] = frozenset()
 
 
 def example_losses(logits: jnp.ndarray, labels: jnp.ndarray, config: StepConfig) -> jnp.ndarray:
@@ -45,16 +49,20 @@ def top1_correct(logits: jnp.ndarray, labels: jnp.ndarray, multilabel: bool) -> 
   return top == labels
 
 
-def forward_train(model, params, batch_stats, images, rng, bn_groups: int):
+def forward_train(model, params, batch_stats, images, rng, bn_groups: int,
+                  frozen_norms: frozenset = frozenset()):
   """Training-mode outputs and new BN statistics, with BN over `bn_groups` batch slices.
 
   Each slice is normalised by its own statistics (as separate replicas would);
-  the moving averages advance by the mean of the slices' statistics.
+  the moving averages advance by the mean of the slices' statistics. The
+  batch norms at `frozen_norms` run in inference mode.
   """
   variables = {'params': params, 'batch_stats': batch_stats}
 
   def apply(x, key):
-    return model.apply(variables, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])
+    with param_groups.norms_in_inference_mode(frozen_norms):
+      return model.apply(variables, x, train=True, rngs={'dropout': key},
+                         mutable=['batch_stats'])
 
   if bn_groups == 1:
     outputs, state = apply(images, rng)
@@ -70,15 +78,16 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
                config: StepConfig) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One optimizer step on a global batch {'image', 'label'}; returns new state and metrics.
 
-  Metrics: loss, cross_entropy, learning_rate, grad_norm, finite, and 'accuracy'
-  (single-label top-1) or 'precision_at_1' (multi-label: the top class is a label).
+  Metrics: loss, cross_entropy, learning_rate, grad_norm (of the trainable
+  parameters), finite, and 'accuracy' (single-label top-1) or 'precision_at_1'
+  (multi-label: the top class is a label).
   """
   labels = batch['label']
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
     outputs, batch_stats = forward_train(model, params, state.batch_stats, batch['image'],
-                                         dropout_rng, config.bn_groups)
+                                         dropout_rng, config.bn_groups, config.frozen_norms)
     logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
     cross_entropy = example_losses(logits, labels, config).mean()
     loss = cross_entropy + optim.l2_penalty(params, config.weight_decay)
@@ -95,7 +104,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
       params=params, batch_stats=batch_stats, opt_state=opt_state,
       ema_params=optim.ema_update(state.ema_params, params, decay),
       ema_batch_stats=optim.ema_update(state.ema_batch_stats, batch_stats, decay))
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.global_norm(param_groups.trainable(grads, config.freeze))
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # A non-finite step leaves the state as it was (the batch still counts as consumed), so
   # a NaN can never reach the parameters or a checkpoint; the loop decides to stop or skip.
@@ -134,11 +143,22 @@ def unrolled(step_fn: Callable[[Any, Any], tuple[Any, Any]], num_steps: int
 
 def classification_counts(logits: jnp.ndarray, labels: jnp.ndarray,
                           mask: jnp.ndarray, num_classes: int) -> dict[str, jnp.ndarray]:
-  """Masked sums: correct top-1, correct top-5, cross-entropy."""
+  """Masked sums: correct top-1, correct top-5, cross-entropy, scored examples.
+
+  `labels` are class indices, or multi-hot sets of right answers (ImageNet-ReaL):
+  a prediction is then right when it is in the example's set, an example with
+  an empty set is not scored, and there is no loss.
+  """
   top = jax.lax.top_k(logits, min(5, num_classes))[1]
+  if labels.ndim == 2:
+    hits = jnp.take_along_axis(labels, top, axis=-1) > 0
+    mask = mask * (jnp.sum(labels, axis=-1) > 0)
+    return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
+            'scored': jnp.sum(mask)}
   hits = top == labels[:, None]
   return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
-          'loss': jnp.sum(losses.cross_entropy(logits, labels, num_classes) * mask)}
+          'loss': jnp.sum(losses.cross_entropy(logits, labels, num_classes) * mask),
+          'scored': jnp.sum(mask)}
 
 
 def multilabel_counts(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray, top_k: int,

@@ -13,14 +13,17 @@ import numpy as np
 from absl import logging
 
 from xception_jax import models, weights
-from xception_jax.trainer import distributed, optim, resume, sharding, steps, validation
+from xception_jax.weights import tree
+from xception_jax.trainer import (distributed, optim, param_groups, resume, sharding, steps,
+                                  validation)
 from xception_jax.tools import model_table
 from xception_jax.trainer.checkpoints import CheckpointWriteError, Checkpoints
 from xception_jax.data import pipeline, preprocessing, sources
-from xception_jax.trainer.evaluate import Evaluator
+from xception_jax.trainer.evaluate import Evaluator, extra_sets
 from xception_jax.trainer.metric_writers import MetricWriter, Progress, progress_line
 from xception_jax.trainer.preemption import PreemptionWatcher
-from xception_jax.trainer.state import TrainState, build_model, create_train_state
+from xception_jax.trainer.state import (TrainState, build_model, create_train_state,
+                                        init_from_directory, with_init_from_model)
 from xception_jax.trainer.workdir_lock import held_by_process_zero
 
 BATCH_NORM_SCOPES = ('device', 'global')
@@ -56,6 +59,7 @@ class Setup:
                        f'examples of {config.dataset}; lower batch_size.')
     self.num_steps = optim.total_steps(config, self.steps_per_epoch)
     self.model = build_model(config, self.source.num_classes)
+    self.extra_sets = extra_sets(config, self.source.num_classes)
     self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
     self.tx = optim.optimizer(config, self.schedule)
     if self.source.multilabel and config.label_smoothing:
@@ -65,7 +69,15 @@ class Setup:
         num_classes=self.source.num_classes, weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing, aux_loss_weight=config.aux_loss_weight,
         ema_decay=config.ema_decay, ema_warmup=config.ema_warmup,
-        bn_groups=bn_groups(config, self.mesh), multilabel=self.source.multilabel)
+        bn_groups=bn_groups(config, self.mesh), multilabel=self.source.multilabel,
+        freeze=config.freeze, frozen_norms=self.frozen_norms())
+
+  def frozen_norms(self) -> frozenset:
+    """The batch norms that `freeze` freezes (they run in inference mode)."""
+    if not self.config.freeze:
+      return frozenset()
+    template = tree.variable_template(self.model, self.config.image_size)
+    return param_groups.frozen_norms(template, self.config.freeze)
 
   def initial_state_fn(self, pretrained_name: str = ''):
     """rng, pretrained variables (or None) → step-0 TrainState."""
@@ -88,7 +100,7 @@ class Setup:
 
   @functools.cache
   def pretrained(self):
-    return weights.load_variables(self.config.init_from)
+    return weights.load_variables(init_from_directory(self.config))
 
   def init_state(self, abstract: TrainState) -> TrainState:
     """A fresh (or pretrained-initialised) state, built directly with its shardings."""
@@ -187,6 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   {'preempted_at_step': step} when a SIGTERM stopped the run after a checkpoint.
   Raises FloatingPointError at a non-finite step when `nonfinite_steps='stop'`.
   """
+  config = with_init_from_model(config)
   validation.validate(config)
   distributed.initialize(config)
   if config.get('compilation_cache_dir'):
@@ -230,6 +243,8 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
     write_run_files(workdir_path, config, setup)
   train_calls = {}  # Steps per call → its jitted function (at most steps_per_call of them).
   evaluator = Evaluator(setup.model, setup.source, config, setup.mesh)
+  extra_evaluators = {name: Evaluator(setup.model, source, config, setup.mesh, split)
+                      for name, source, split in setup.extra_sets}
   start = int(jax.device_get(state.step))
   stream = setup.train_stream()
   batches = stream.batches(start)
@@ -238,11 +253,18 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
   records = []  # (first step, device metrics stacked over the call's steps) since the last report.
 
   def evaluate(step):
-    results = evaluator({'': state.variables(), '_ema': state.variables(ema=True)})
+    variable_sets = {'': state.variables(), '_ema': state.variables(ema=True)}
+    results = evaluator(variable_sets)
     writer.write(step, {f'eval/{k}': v for k, v in results.items()})
     if is_main:
       evaluator.write_per_class_ap(workdir_path, step)
       logging.info('eval at step %d: %s', step, progress_line(step, setup.num_steps, results))
+    for name, extra in extra_evaluators.items():
+      results[name] = extra(variable_sets)
+      writer.write(step, {f'eval_{name}/{k}': v for k, v in results[name].items()})
+      if is_main:
+        logging.info('eval on %s at step %d: %s', name, step,
+                     progress_line(step, setup.num_steps, results[name]))
     progress.update(step)  # Evaluation time does not count as training throughput.
     return results
 

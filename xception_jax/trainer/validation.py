@@ -15,6 +15,7 @@ import ml_collections
 
 from xception_jax import models
 from xception_jax.models.execution import FORMS
+from xception_jax.trainer import param_groups
 from xception_jax.trainer.config_defaults import base_config
 
 Rule = Callable[[Any], str]  # A value → '' when valid, else what a valid value is.
@@ -80,8 +81,34 @@ def dataset(value) -> str:
                         "or 'digits_multilabel'")
 
 
+def dataset_list(value) -> str:
+  """'[NAME=]DATASET[@SPLIT],...' (eval_datasets)."""
+  from xception_jax.trainer.evaluate import parse_eval_datasets
+  ok = isinstance(value, str) and all(name and dataset
+                                      for name, dataset, _ in parse_eval_datasets(value))
+  return '' if ok else ("'[NAME=]DATASET[@SPLIT],...' (e.g. "
+                        "'imagenet2012_real,v2=imagenet_v2@test')")
+
+
 def model_name(value) -> str:
-  return '' if value in models.list_models() else 'one of ' + ', '.join(models.list_models())
+  if value == '' or value in models.list_models():
+    return ''
+  return "one of " + ', '.join(models.list_models()) + " ('' with init_from: its model)"
+
+
+def freeze_pattern(value) -> str:
+  if not isinstance(value, str):
+    return "'', 'backbone', 'head' or a regular expression over parameter paths"
+  problem = param_groups.check_pattern(value)
+  return f"'', 'backbone', 'head' or a regular expression ({problem})" if problem else ''
+
+
+def multipliers(value) -> str:
+  try:
+    param_groups.parse_multipliers(value if isinstance(value, str) else None)
+  except (ValueError, AttributeError):
+    return "'PATTERN=M,...' (PATTERN 'backbone', 'head' or a regular expression; M >= 0)"
+  return ''
 
 
 def field_names(value) -> str:
@@ -107,14 +134,18 @@ RULES: dict[str, Rule] = {
     'execution.remat': boolean,
     'dtype': one_of('float32', 'bfloat16'),
     'init_from': text(),
+    'freeze': freeze_pattern,
+    'lr_multipliers': multipliers,
     'dataset': dataset,
     'label_key': text(nonempty=True),
     'data_dir': text(optional=True),
     'manual_dir': text(optional=True),
     'train_split': text(nonempty=True),
     'eval_split': text(nonempty=True),
+    'eval_datasets': dataset_list,
     'image_size': integer(1),
     'eval_crop_fraction': number(0, 1, low_open=True),
+    'eval_resize': one_of('bilinear', 'bicubic'),
     'shuffle_buffer': integer(0),
     'augment.min_object_covered': number(0, 1),
     'augment.aspect_ratio_range': interval(0, float('inf')),
@@ -134,6 +165,7 @@ RULES: dict[str, Rule] = {
     'rmsprop_decay': number(0, 1, high_open=True),
     'rmsprop_epsilon': number(0, low_open=True),
     'adamw_weight_decay': number(0),
+    'lr_schedule': one_of('exponential', 'cosine'),
     'lr_decay_rate': number(0, 1, low_open=True),
     'lr_decay_epochs': number(0, low_open=True),
     'lr_decay_examples': integer(0),
@@ -222,6 +254,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     expected = rule(value)
     if expected:
       raise ValueError(f'{name} must be {expected}, got {value!r}.')
+  if not config.model:
+    raise ValueError("model is '' but init_from names no converted weights with a recorded "
+                     'model: set --config.model or --config.init_from.')
   check_model_options(config.model, dict(config.get('model_kwargs', {})))
   if not config.get('total_steps') and not config.num_epochs:
     raise ValueError('num_epochs is 0 and total_steps is 0: set one of them > 0.')

@@ -21,7 +21,38 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='xcep
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
+import fcntl  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """(config, workdir, data folder) of a tiny run: checkpoints at steps 2 and 4 of a
+  0.25-width Xception on a 4-class image folder (16 training, 16 test images), evaluated on
+  its test split and, as the extra set 'again', on the same split once more.
+
+  Trained once per test session: the xdist workers share it (the first one to take the
+  file lock trains). Tests must not change it: copy it first.
+  """
+  from data_helpers import make_image_folder
+  from helpers import tiny_config
+  from xception_jax.trainer import train
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist each worker's base is a sub-directory of the session's.
+  shared = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'trained_workdir'
+  shared.mkdir(exist_ok=True)
+  data, workdir = shared / 'data', shared / 'run'
+  config = tiny_config(dataset=f'folder:{data}', eval_split='test', total_steps=4,
+                       checkpoint_every_steps=2, eval_datasets=f'again=folder:{data}@test')
+  with open(shared / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (shared / 'done').exists():
+      make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
+      train.train_and_evaluate(config, str(workdir))
+      (shared / 'done').touch()
+  return config, Path(workdir), Path(data)
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from data_helpers import image_ids, make_image_folder
 from xception_jax.data import bad_images, pipeline, preprocessing, sources
+from xception_jax.models.inputs import Preprocessing
 
 PLAIN = preprocessing.Augmentation(color_distortion=None, flip=False, area_range=(1.0, 1.0),
                                    min_object_covered=1.0)
@@ -118,12 +119,13 @@ def test_evaluation_names_or_masks_an_image_that_does_not_decode(tmp_path):
   (root / 'test' / 'class_1' / '010.png').write_bytes(
       tf.io.encode_png(solid(10)).numpy()[:60])  # A PNG cut short.
   source = sources.FolderSource(root)
-  ds, count = pipeline.eval_batches(source, 'test', 4, 16, bad_images='skip')
+  ds, count = pipeline.eval_batches(source, 'test', 4, Preprocessing(16),
+                                    bad_images='skip')
   batches = list(ds.as_numpy_iterator())
   assert count == len(batches) == 2 and all(len(b['mask']) == 4 for b in batches)
   kept = np.concatenate([image_ids(b['image'])[b['mask'] > 0] for b in batches])
   assert sorted(kept.tolist()) == [6, 7, 8, 9, 11]
-  ds, _ = pipeline.eval_batches(source, 'test', 4, 16)
+  ds, _ = pipeline.eval_batches(source, 'test', 4, Preprocessing(16))
   files_of = lambda index: pipeline.eval_files_of_batch(source, 'test', 4, index)
   with pytest.raises(ValueError) as raised:  # As the evaluator reads its batches.
     list(pipeline.naming_bad_images(ds.as_numpy_iterator(), files_of, 'test split (evaluation)'))

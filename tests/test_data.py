@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from data_helpers import image_ids, make_image_folder
 from xception_jax.data import pipeline, preprocessing, sources
+from xception_jax.models.inputs import Preprocessing
 
 
 def gradient_image(height, width):
@@ -101,8 +102,8 @@ def test_evaluation_counts_every_example_exactly_once(tmp_path, process_count):
   source = sources.FolderSource(root)
   seen, batch_counts = [], set()
   for index in range(process_count):
-    ds, num_batches = pipeline.eval_batches(source, 'test', 4, 16, process_index=index,
-                                            process_count=process_count)
+    ds, num_batches = pipeline.eval_batches(source, 'test', 4, Preprocessing(16),
+                                            process_index=index, process_count=process_count)
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == num_batches
     batch_counts.add(num_batches)

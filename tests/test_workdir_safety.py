@@ -2,7 +2,6 @@
 
 Every refusal leaves the workdir's checkpoints byte-for-byte as they were.
 """
-import fcntl
 import hashlib
 import json
 import os
@@ -15,8 +14,6 @@ import time
 
 import pytest
 
-from data_helpers import make_image_folder
-from helpers import tiny_config
 from run_helpers import REPO
 from xception_jax.trainer import checkpoints as checkpoints_module
 from xception_jax.trainer import train
@@ -30,26 +27,10 @@ from xception_jax.trainer.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLoc
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A workdir with checkpoints at steps 2 and 4 of a tiny run, and its config.
-
-  Trained once per test session: the xdist workers share it (the first one to
-  take the file lock trains; tests copy it before changing anything).
-  """
-  base = tmp_path_factory.getbasetemp()
-  # Under xdist each worker's base is a sub-directory of the session's.
-  shared = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'workdir_safety'
-  shared.mkdir(exist_ok=True)
-  data, workdir = shared / 'data', shared / 'run'
-  config = tiny_config(dataset=f'folder:{data}', eval_split='test', total_steps=4,
-                       checkpoint_every_steps=2)
-  with open(shared / 'lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (shared / 'done').exists():
-      make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
-      train.train_and_evaluate(config, str(workdir))
-      (shared / 'done').touch()
+@pytest.fixture
+def trained(trained_workdir):
+  """The session's shared tiny workdir (checkpoints at steps 2 and 4) and its config."""
+  config, workdir, _ = trained_workdir
   assert Checkpoints(workdir / 'checkpoints').steps() == [2, 4]
   return config, workdir
 

@@ -19,21 +19,28 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
+from xception_jax.data import crops as eval_crops
 from xception_jax.data import preprocessing
 from xception_jax.data.bad_images import HINT, SkipLog, listing, undecodable
 from xception_jax.data.sources import Part, Source
+from xception_jax.models.inputs import Preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def multi_hot_labels(source: Source) -> bool:
+  """Whether a source's labels are multi-hot vectors (multi-label, or sets of answers)."""
+  return source.multilabel or source.label_sets
+
+
 def batch_label(source: Source, label: tf.Tensor) -> tf.Tensor:
-  """A source's label as batched: an int32 class, or a float32 multi-hot vector (multi-label)."""
-  return tf.cast(label, tf.float32 if source.multilabel else tf.int32)
+  """A source's label as batched: an int32 class, or a float32 multi-hot vector."""
+  return tf.cast(label, tf.float32 if multi_hot_labels(source) else tf.int32)
 
 
 def padding_label(source: Source) -> tf.Tensor:
   """The label of the padding examples that fill an evaluation's last batch."""
-  if source.multilabel:
+  if multi_hot_labels(source):
     return tf.zeros([source.num_classes], tf.float32)
   return tf.constant(0, tf.int32)
 
@@ -167,28 +174,37 @@ class TrainStream:
       epoch, skip = epoch + 1, 0
 
 
-def eval_batches(source: Source, split: str, local_batch_size: int, image_size: int,
-                 crop_fraction: float = 0.875, process_index: int = 0,
-                 process_count: int = 1, num_examples: Optional[int] = None,
+def eval_batches(source: Source, split: str, local_batch_size: int, spec: Preprocessing,
+                 crops: Optional[str] = None, process_index: int = 0, process_count: int = 1,
+                 num_examples: Optional[int] = None,
                  bad_images: str = 'error') -> tuple[tf.data.Dataset, int]:
   """Every example of `split` once, in padded batches with a 0/1 `mask`.
 
-  Returns the dataset and its number of batches, the same on every process
-  (processes with fewer examples get fully masked batches), so collective
-  evaluation steps stay in lockstep. Under bad_images='skip' an image that does
-  not decode is a masked place of its batch (the evaluation counts one fewer).
+  Images are made as `spec` says: one central crop each ({'image': [B, size,
+  size, 3]}), or with `crops` (a scheme of data/crops.py) all of an image's
+  crops ([B, crops, size, size, 3]). Returns the dataset and its number of
+  batches, the same on every process (processes with fewer examples get fully
+  masked batches), so collective evaluation steps stay in lockstep. Under
+  bad_images='skip' an image that does not decode is a masked place of its
+  batch (the evaluation counts one fewer).
   """
   total = source.split_size(split) if num_examples is None else num_examples
   per_process = math.ceil(total / process_count)
   num_batches = math.ceil(per_process / local_batch_size)
+  size = spec.image_size
+  shape = [size, size, 3] if crops is None else [eval_crops.SCHEMES[crops], size, size, 3]
 
   def prepare(_, example):
-    image = preprocessing.preprocess_for_eval(example['image'], image_size, crop_fraction)
+    if crops is None:
+      image = preprocessing.preprocess_for_eval(example['image'], size, spec.crop_fraction,
+                                                spec)
+    else:
+      image = eval_crops.eval_crops(example['image'], spec, crops)
     return {'image': image, 'label': batch_label(source, example['label']),
             'mask': tf.constant(1.0)}
 
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([image_size, image_size, 3]), 'label': padding_label(source),
+      'image': tf.zeros(shape), 'label': padding_label(source),
       'mask': tf.constant(0.0)}).repeat()
   pairs = source.read(split, Part(process_index, process_count))
   if bad_images == 'error':

@@ -16,6 +16,8 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from xception_jax.models.inputs import Preprocessing
+
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
@@ -48,14 +50,22 @@ def _decode_window(image_bytes: tf.Tensor,
   return image
 
 
-def _resize_and_scale(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def _resize_and_scale(image: tf.Tensor, image_size: int, method: str = 'bilinear') -> tf.Tensor:
   """uint8 crop → float32 [image_size, image_size, 3] in [0, 1] (bilinear, as slim)."""
   image = tf.image.convert_image_dtype(image, tf.float32)
-  return tf.image.resize(image, [image_size, image_size], method='bilinear')
+  image = tf.image.resize(image, [image_size, image_size], method=method)
+  return image if method == 'bilinear' else tf.clip_by_value(image, 0.0, 1.0)
 
 
 def _to_minus_one_one(image: tf.Tensor) -> tf.Tensor:
   return (image - 0.5) * 2.0
+
+
+def normalize(image: tf.Tensor, spec: Preprocessing) -> tf.Tensor:
+  """[0, 1] pixels → model inputs, (p − mean) / std per channel ([−1, 1] by default)."""
+  if spec.minus_one_to_one:
+    return _to_minus_one_one(image)
+  return (image - tf.constant(spec.mean)) / tf.constant(spec.std)
 
 
 def _distort_color(image: tf.Tensor, seed: tf.Tensor, mode: str) -> tf.Tensor:
@@ -110,8 +120,14 @@ def preprocess_for_train(image_bytes: tf.Tensor, image_size: int, seed: tf.Tenso
 
 
 def preprocess_for_eval(image_bytes: tf.Tensor, image_size: int,
-                        crop_fraction: float = 0.875) -> tf.Tensor:
-  """Encoded image → central crop (fraction of each side), resized, in [-1, 1]."""
+                        crop_fraction: float = 0.875,
+                        spec: Optional[Preprocessing] = None) -> tf.Tensor:
+  """Encoded image → central crop (fraction of each side), resized, in [-1, 1].
+
+  `spec`, when given, sets the resize method and the normalisation too (its
+  image size and crop fraction are the arguments').
+  """
+  spec = spec or Preprocessing(image_size, crop_fraction)
   def central_window(shape):
     # Integer arithmetic of tf.image.central_crop, applied before decoding.
     height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
@@ -120,4 +136,4 @@ def preprocess_for_eval(image_bytes: tf.Tensor, image_size: int,
     return tf.stack([top, left, shape[0] - 2 * top, shape[1] - 2 * left])
 
   image = _decode_window(image_bytes, central_window)
-  return _to_minus_one_one(_resize_and_scale(image, image_size))
+  return normalize(_resize_and_scale(image, image_size, spec.resize), spec)

@@ -3,8 +3,9 @@
 A source yields `(position, {'image': encoded bytes, 'label': label, 'file': name})`
 for one process's part of a split, in a deterministic order given the shuffle
 seed; `file` names the example in messages (its path, or its TFDS file name).
-The label is an int64 class index, or for a multi-label source
-(`source.multilabel`) a float32 multi-hot vector over its classes.
+The label is an int64 class index, or a float32 multi-hot vector over the
+classes for a multi-label source (`source.multilabel`) and for one whose
+examples have sets of right answers (`source.label_sets`: ImageNet-ReaL).
 """
 from __future__ import annotations
 
@@ -73,6 +74,9 @@ class Source(abc.ABC):
 
   class_names: Sequence[str]
   multilabel: bool = False  # True: each example has a set of classes (a multi-hot label).
+  # True: each example has a set of right answers (ImageNet-ReaL): a prediction is right
+  # when it is in the set, and an example with an empty set is not scored.
+  label_sets: bool = False
 
   @property
   def num_classes(self) -> int:
@@ -100,7 +104,8 @@ class TfdsSource(Source):
   """
 
   def __init__(self, name: str, data_dir: Optional[str] = None,
-               manual_dir: Optional[str] = None, label_key: str = 'label'):
+               manual_dir: Optional[str] = None, label_key: str = 'label',
+               label_sets: bool = False):
     import tensorflow_datasets as tfds
     self._tfds = tfds
     try:
@@ -115,6 +120,10 @@ class TfdsSource(Source):
                        f'its features: {", ".join(features.keys())}).')
     self.label_key = label_key
     self._label_kind = self._read_label_feature(name, features[label_key])
+    if label_sets:
+      if self._label_kind != 'indices':
+        raise ValueError(f'The {label_key!r} feature of {name!r} is not a set of classes.')
+      self.multilabel, self.label_sets = False, True
     self._prepare(name, manual_dir)
 
   def _read_label_feature(self, name: str, label) -> str:
@@ -378,13 +387,32 @@ def write_digit_grids_folder(root: str | os.PathLike, image_size: int = 64,
   return root
 
 
+# ImageNet's evaluation sets by name: (TFDS name, label feature, labels are sets of answers).
+IMAGENET_SETS = {
+    'imagenet2012': ('imagenet2012', 'label', False),
+    'imagenet2012_real': ('imagenet2012_real', 'real_label', True),
+    'imagenet_v2': ('imagenet_v2/matched-frequency', 'label', False),
+}
+# The split each data set is evaluated on by default.
+EVALUATION_SPLITS = {'imagenet2012': 'validation', 'imagenet2012_real': 'validation',
+                     'imagenet_v2': 'test', 'digits': 'test', 'digits_multilabel': 'test'}
+
+
+def evaluation_split(dataset: str) -> str:
+  """The split a data set is evaluated on unless one is named ('validation' if unknown)."""
+  return EVALUATION_SPLITS.get(dataset.partition('/')[0], 'validation')
+
+
 def get_source(dataset: str, *, data_dir: Optional[str] = None,
                manual_dir: Optional[str] = None, label_key: str = 'label',
                bad_images: str = 'error') -> Source:
   """'digits', 'digits_multilabel', 'folder:PATH', 'multilabel:PATH' or a TFDS name.
 
-  TFDS datasets (e.g. 'imagenet2012') are labelled by their `label_key` feature.
-  Folders are screened for files that cannot be images (`bad_images`).
+  TFDS datasets are labelled by their `label_key` feature, except ImageNet's
+  evaluation sets by name (`IMAGENET_SETS`): 'imagenet2012', 'imagenet2012_real'
+  (ReaL's sets of right answers) and 'imagenet_v2' (its matched-frequency
+  config; 'imagenet_v2/threshold-0.7' etc. name the others). Folders are
+  screened for files that cannot be images (`bad_images`).
   """
   if not dataset:
     raise ValueError("No dataset: set --config.dataset (a TFDS name, 'folder:PATH', "
@@ -398,6 +426,10 @@ def get_source(dataset: str, *, data_dir: Optional[str] = None,
     return FolderSource(dataset[len('folder:'):], bad_images=bad_images)
   if dataset.startswith('multilabel:'):
     return MultiLabelFolderSource(dataset[len('multilabel:'):], bad_images=bad_images)
+  if dataset in IMAGENET_SETS:
+    name, label_key, label_sets = IMAGENET_SETS[dataset]
+    return TfdsSource(name, data_dir=data_dir, manual_dir=manual_dir, label_key=label_key,
+                      label_sets=label_sets)
   return TfdsSource(dataset, data_dir=data_dir, manual_dir=manual_dir, label_key=label_key)
 
 

@@ -4,7 +4,9 @@ Shapes at its minimum input and a larger odd one, the too-small input refused,
 jit, finite gradients for every parameter in a training step, every BN
 statistic updated, bfloat16 compute with float32 parameters and logits,
 rematerialisation changing nothing, feature names, strides and channels as
-the references' layers have them, and its tiny variant.
+the references' layers have them, and its tiny variant. The training step and
+the inference run through `flax.nnx.bridge.ToNNX` as well: every model is an
+NNX module too (the README's example).
 """
 import functools
 import math
@@ -14,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from helpers import (assert_trees_close, check_training_step, param_count, random_variables,
-                     train_step, variable_shapes)
+                     variable_shapes)
 from xception_jax import models
 from xception_jax.weights import tree
 
@@ -77,10 +81,26 @@ def tiny_setup(name):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_training_step_at_the_minimum_size(name):
+  """A jitted NNX training step of the linen model: loss, gradients, BN statistics, dropout."""
   model, variables, x = tiny_setup(name)
-  (loss, (logits, state)), grads = train_step(model, variables, x, jnp.arange(4) % 5)
+  module = models.to_nnx(model, variables, nnx.Rngs(dropout=1))
+  labels = jnp.arange(4) % 5
+
+  @nnx.jit
+  def step(module, x, labels):
+    def loss_fn(module):
+      logits = module(x, train=True, mutable=['batch_stats'])
+      xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
+      return xent, logits
+    return nnx.value_and_grad(loss_fn, has_aux=True)(module)
+
+  (loss, logits), grads = step(module, x, labels)
   assert logits.shape == (4, 5) and logits.dtype == jnp.float32
-  check_training_step(variables, loss, state, grads)
+  state = {'batch_stats': nnx.state(module, nnx.BatchStat).to_pure_dict()}
+  check_training_step(variables, loss, state, nnx.state(grads, nnx.Param).to_pure_dict())
+  # The same parameters and batch: only dropout, drawn anew from the module's rngs, differs.
+  _, again = step(module, x, labels)[0]
+  assert np.abs(np.asarray(again) - np.asarray(logits)).max() > 1e-3
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -88,8 +108,10 @@ def test_jitted_inference_at_a_larger_odd_size_and_too_small_inputs(name):
   model, variables, _ = tiny_setup(name)
   x = jax.random.uniform(jax.random.PRNGKey(3), (2, LARGER_ODD_SIZE, LARGER_ODD_SIZE + 6, 3),
                          minval=-1, maxval=1)
-  logits = jax.jit(model.apply)(variables, x)
+  logits, nnx_logits = nnx.jit(lambda m, v, x: (model.apply(v, x), m(x, train=False)))(
+      models.to_nnx(model, variables), variables, x)
   assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
+  np.testing.assert_array_equal(nnx_logits, logits)  # The NNX module computes the same.
   backbone = model.clone(include_top=False, pooling='max')
   pooled, features = jax.jit(lambda v, x: backbone.apply(v, x, return_features=True))(
       variables, x)

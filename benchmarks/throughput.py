@@ -1,16 +1,24 @@
-"""Training and inference throughput of our models next to timm/PyTorch and Keras 3 (JAX).
+"""Training and inference throughput of the trainer's own step next to timm/PyTorch and Keras 3.
 
     python -m benchmarks.throughput --model=xception --batch=8 --image-size=299 \
-        --mode=train --dtype=float32
+        --mode=train --dtype=float32 [--config=configs/imagenet.py]
 
 Every framework runs in its own subprocess, one after the other and, with
 `--rounds` > 1, interleaved round by round, so all see the same machine and
-load; peak memory is then per framework. A step is one forward and backward
-pass with softmax cross-entropy and an SGD-with-momentum update (`train`),
-or one forward pass in inference mode (`infer`), on a fixed random batch
-(no input pipeline). Images/s is the batch over the median step time after
-`--warmup` untimed steps; compile time (JAX and Keras: tracing and XLA
-compilation; PyTorch: none) is reported apart. Peak memory is the process's
+load; peak memory is then per framework. Ours (`train`) is the trainer's
+training step for the model's recipe config (or `--config`), built by
+`xception_jax.trainer.timing` from the trainer's `Setup`: the same jitted
+function, optimizer, weight decay, Polyak averaging, finiteness guard,
+shardings, donation and compiler options; `infer` is the trainer's evaluation
+step. The peers run the same recipe as their users would: the config's
+optimizer (SGD with momentum, or TF-style RMSprop: timm's RMSpropTF) with its
+weight decay and label smoothing, and Polyak averaging of the parameters and
+BN statistics (timm: one fused lerp, as its ModelEmaV3; Keras: the
+optimizer's `use_ema`); timm in both layouts (NCHW and channels-last). All
+on a fixed random batch (no input pipeline). Images/s is the batch over the
+median step time after `--warmup` untimed steps; compile time (JAX and
+Keras: tracing and XLA compilation; PyTorch: none) is reported apart; the
+headline ratio is ours over the fastest peer configuration. Peak memory is the process's
 peak resident set and, on a GPU, the framework's peak device allocation; for
 our models also XLA's own buffer assignment of the compiled step, per image.
 
@@ -24,12 +32,11 @@ the slower of compute and memory allows, and the fraction of it measured.
 Several models, batches and modes: give comma-separated lists. `--ours`
 adds variants of our model (`name:option=value,...`, optionally
 `@XLA_FLAGS`), e.g. `--ours=xla:depthwise=xla,pointwise=xla` (the fields of
-`models.Execution` set how operations are computed); the option
-`compiler_options=none` compiles without `models.compiler_options(model=...)`,
-which our steps use otherwise, an option named `xla_...` is a compiler option
-set over those (e.g. `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`),
-and `steps_per_call=N` runs N steps per jitted call
-as the training loop's option of that name does (times are still per step).
+`models.Execution` set how operations are computed); an option named
+`xla_...` is a compiler option over the model's defaults (the config's
+`compiler_options`, e.g. `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`),
+`steps_per_call=N` runs N steps per jitted call as the training loop's option
+of that name does (times are still per step), any other a model option.
 `--trace-dir DIR` profiles one step of each of our variants after timing it
 (time per XLA operation and the compiled HLO, for finding where a step's time
 goes); `--worker-timeout` abandons a framework that takes longer, keeping
@@ -66,6 +73,10 @@ PEERS = {
     'inception_resnet_v2': ('inception_resnet_v2', 'InceptionResNetV2'),
 }
 FRAMEWORKS = ('ours', 'timm', 'timm-cl', 'keras')
+# The config each model's training step is timed with unless --config names another.
+RECIPES = {'xception': 'configs/imagenet.py', 'inception_v3': 'configs/inception_v3.py',
+           'inception_v4': 'configs/inception_v4.py',
+           'inception_resnet_v2': 'configs/inception_resnet_v2.py'}
 # Variant options that are fields of models.Execution (how operations are computed).
 EXECUTION_FIELDS = ('depthwise', 'pointwise', 'conv', 'pool', 'norm', 'remat')
 # Dense bfloat16 tensor-core TFLOP/s and memory TB/s, by a substring of JAX's
@@ -144,74 +155,40 @@ def _peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB.
 
 
+def recipe(args, options: Optional[dict[str, Any]] = None):
+  """The config whose training step is timed: --config, else the model's recipe, at the
+  benchmark's model, batch, input size and dtype; `options` set execution forms (the fields
+  of `models.Execution`) and model options."""
+  from xception_jax.trainer.config_defaults import load_config
+  config = load_config(args.config or RECIPES[args.model])
+  config.model, config.batch_size, config.eval_batch_size = args.model, args.batch, 0
+  config.image_size, config.dtype = args.image_size, args.dtype
+  xla = []
+  for key, value in (options or {}).items():
+    if key in EXECUTION_FIELDS:
+      config.execution[key] = value
+    elif key.startswith('xla_'):
+      xla.append(f'{key}={value}')
+    else:
+      config.model_kwargs[key] = value
+  config.compiler_options = ','.join(filter(None, [config.compiler_options, *xla]))
+  return config
+
+
 def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   import jax
-  import jax.numpy as jnp
-  import optax
-  from xception_jax import models
-  from xception_jax.trainer import steps
+  from xception_jax.trainer import timing
 
-  dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else jnp.float32
-  use_options = options.pop('compiler_options', '') != 'none'
   steps_per_call = int(options.pop('steps_per_call', 1))
-  overrides = {k: options.pop(k) for k in list(options) if k.startswith('xla_')}
-  forms = {k: options.pop(k) for k in list(options) if k in EXECUTION_FIELDS}
-  model = models.create_model(args.model, dtype=dtype, execution=models.Execution(**forms),
-                              **options)
-  compiler_options = {**(models.compiler_options(model=model) if use_options else {}),
-                      **overrides}
-  key = jax.random.PRNGKey(0)
-  x = jax.random.uniform(key, (args.batch, args.image_size, args.image_size, 3),
-                         minval=-1, maxval=1)
-  labels = jnp.arange(args.batch) % 1000
-  variables = jax.jit(lambda: model.init(key, x[:1], train=False))()
-  if args.mode == 'infer':
-    def step_fn(state, batch):
-      return state, model.apply(state, batch[0], train=False)
-
-    state = variables
-  else:
-    tx = optax.sgd(0.01, momentum=0.9)
-
-    def step_fn(state, batch):
-      params, batch_stats, opt_state = state
-      def loss_fn(params):
-        logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch[0],
-                                      train=True, rngs={'dropout': key},
-                                      mutable=['batch_stats'])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
-        return loss, updates['batch_stats']
-      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
-    state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-  # `steps_per_call` steps (the training loop's option) on the same batch, stacked.
-  unrolled = steps.unrolled(step_fn, steps_per_call)
-  if args.mode == 'infer':   # Logits only: the variables are not an output.
-    run = jax.jit(lambda state, batches: unrolled(state, batches)[1],
-                  compiler_options=compiler_options)
-  else:   # Donation lets XLA update parameters, statistics and momenta in place.
-    run = jax.jit(unrolled, donate_argnums=0, compiler_options=compiler_options)
-  inputs = jax.tree.map(lambda a: jnp.broadcast_to(a, (steps_per_call, *a.shape)),
-                        (x,) if args.mode == 'infer' else (x, labels))
-  start = time.perf_counter()
-  compiled = run.lower(state, inputs).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
+  config = recipe(args, options)
+  timed = (timing.training_step(config, steps_per_call) if args.mode == 'train' else
+           timing.eval_step(config))
+  memory = timed.compiled.memory_analysis()
+  cost = timed.compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-
-  def step():
-    nonlocal state
-    out = compiled(state, inputs)
-    if args.mode == 'train':
-      state = out[0]
-    jax.block_until_ready(out)
-
-  timed = time_steps(step, args.warmup, args.repeats)
-  timed = dict(times=[t / steps_per_call for t in timed['times']],   # Per step, not per call.
-               fault_mib_per_step=timed['fault_mib_per_step'] / steps_per_call)
+  measured = time_steps(timed.run, args.warmup, args.repeats)
+  measured = dict(times=[t / steps_per_call for t in measured['times']],   # Per step.
+                  fault_mib_per_step=measured['fault_mib_per_step'] / steps_per_call)
   temp = getattr(memory, 'temp_size_in_bytes', None)
   device = jax.local_devices()[0]
   stats = device.memory_stats() or {}
@@ -221,15 +198,16 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
 
   if args.trace_dir:   # After the result is printed: a failing profiler cannot lose it.
     _AFTER_RESULT.append(lambda: trace_step(
-        step, compiled.as_text(), args.trace_dir,
+        timed.run, timed.compiled.as_text(), args.trace_dir,
         f'{args.model}_{args.mode}_b{args.batch}_{args.name}'))
-  return dict(compile_s=compile_s, **timed, peak_rss_mib=_peak_rss_mib(),
+  return dict(compile_s=timed.compile_seconds, **measured, peak_rss_mib=_peak_rss_mib(),
               xla_temp_mib_per_image=None if temp is None else temp / 2**20 / args.batch,
               device_peak_mib=stats['peak_bytes_in_use'] / 2**20
               if 'peak_bytes_in_use' in stats else None,
               gflop_per_image=per_image('flops', 1e9),
               gb_per_image=per_image('bytes accessed', 1e9),
-              backend=jax.default_backend(), device_kind=device.device_kind)
+              backend=jax.default_backend(), device_kind=device.device_kind,
+              optimizer=config.optimizer)
 
 
 def worker_timm(args, channels_last: bool) -> dict[str, Any]:
@@ -249,7 +227,12 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
     model = model.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  config = recipe(args)
+  optimizer = timm_optimizer(config, model.parameters())
+  # Polyak averaging of the parameters and BN statistics, as the trainer's step does (timm's
+  # own ModelEmaV3 does it the same way: one fused lerp over the state).
+  state = [t for t in model.state_dict().values() if t.is_floating_point()]
+  averages = [t.detach().clone() for t in state]
   model.train(args.mode == 'train')
 
   def step():
@@ -259,9 +242,12 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
     else:
       optimizer.zero_grad(set_to_none=True)
       with autocast:
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss = torch.nn.functional.cross_entropy(model(x), labels,
+                                                 label_smoothing=config.label_smoothing)
       loss.backward()
       optimizer.step()
+      with torch.no_grad():
+        torch._foreach_lerp_(averages, state, 1 - config.ema_decay)
     if cuda:
       torch.cuda.synchronize()   # CUDA runs asynchronously; time the finished step.
 
@@ -269,6 +255,18 @@ def worker_timm(args, channels_last: bool) -> dict[str, Any]:
   return dict(compile_s=0.0, **timed, peak_rss_mib=_peak_rss_mib(),
               device_peak_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
               threads=torch.get_num_threads(), device_kind=str(device))
+
+
+def timm_optimizer(config, parameters):
+  """The config's optimizer as timm users run it: SGD with momentum, or TF-style RMSprop
+  (timm.optim.RMSpropTF, the Inception recipes'), with the config's weight decay."""
+  import torch
+  if config.optimizer == 'rmsprop':
+    from timm.optim import RMSpropTF
+    return RMSpropTF(parameters, lr=0.01, alpha=config.rmsprop_decay, eps=config.rmsprop_epsilon,
+                     momentum=config.momentum, weight_decay=config.weight_decay)
+  return torch.optim.SGD(parameters, lr=0.01, momentum=config.momentum,
+                         weight_decay=config.weight_decay)
 
 
 def worker_keras(args) -> dict[str, Any]:
@@ -283,8 +281,15 @@ def worker_keras(args) -> dict[str, Any]:
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype('float32')
   labels = np.arange(args.batch) % 1000
-  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                loss='sparse_categorical_crossentropy', jit_compile=True)
+  config = recipe(args)
+  if config.optimizer == 'rmsprop':
+    optimizer = keras.optimizers.RMSprop(0.01, rho=config.rmsprop_decay, momentum=config.momentum,
+                                         epsilon=config.rmsprop_epsilon, use_ema=True,
+                                         ema_momentum=config.ema_decay)
+  else:
+    optimizer = keras.optimizers.SGD(0.01, momentum=config.momentum, use_ema=True,
+                                     ema_momentum=config.ema_decay)
+  model.compile(optimizer=optimizer, loss='sparse_categorical_crossentropy', jit_compile=True)
   step = ((lambda: model.predict_on_batch(x)) if args.mode == 'infer' else
           (lambda: model.train_on_batch(x, labels)))
   start = time.perf_counter()
@@ -346,7 +351,8 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
              f'--model={model}', f'--batch={batch}', f'--mode={mode}',
              f'--image-size={args.image_size}', f'--dtype={args.dtype}',
              f'--warmup={args.warmup}', f'--repeats={args.repeats}',
-             f'--torch-device={args.torch_device}', f'--options={options or {}!r}']
+             f'--torch-device={args.torch_device}', f'--options={options or {}!r}',
+             f'--config={args.config}']
   env = worker_environment(args.env, flags)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
@@ -455,6 +461,9 @@ def main(argv=None) -> None:
   parser.add_argument('--image-size', type=int, default=299)
   parser.add_argument('--mode', default='train', help='train, infer, or both comma-separated')
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--config', default='',
+                      help="config whose training step is timed (default: the model's recipe, "
+                           'configs/imagenet.py for xception, configs/<model>.py otherwise)')
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--rounds', type=int, default=1,
@@ -548,17 +557,22 @@ def summarize(model, batch, mode, dtype, results,
       row['roofline'] = (bound, row['images_s'] / bound, binding)
     rows.append(row)
   ours = [r for r in rows if r['name'] not in FRAMEWORKS[1:]]
+  peers = [r for r in rows if r['name'] in FRAMEWORKS[1:]]
+  fastest = max(peers, key=lambda p: p['images_s'], default=None)
   for row in rows:
-    row['ratios'] = {p['name']: row['images_s'] / p['images_s'] for p in rows
-                     if p['name'] in FRAMEWORKS[1:]} if row in ours else {}
+    row['ratios'] = {p['name']: row['images_s'] / p['images_s'] for p in peers} \
+        if row in ours else {}
+    row['versus_fastest'] = (fastest['name'], row['images_s'] / fastest['images_s']) \
+        if row in ours and fastest else None
   return rows
 
 
 def format_table(rows) -> str:
-  lines = ['| model | batch | mode | dtype | run | images/s | s/step (min–max) | compile s '
-           '| peak RSS MiB | XLA MiB/image | page faults MiB/step | ours ÷ peer '
-           '| device peak MiB | XLA GFLOP, GB/image | roofline images/s (measured fraction) |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  lines = ['| model | batch | mode | dtype | run | images/s | ours ÷ fastest peer '
+           '| s/step (min–max) | compile s | peak RSS MiB | XLA MiB/image '
+           '| page faults MiB/step | ours ÷ each peer | device peak MiB | XLA GFLOP, GB/image '
+           '| roofline images/s (measured fraction) |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     ratios = ', '.join(f'{v:.2f}× {k}' for k, v in r['ratios'].items()) or ''
     per_image = '' if r['xla_mib_per_image'] is None else f"{r['xla_mib_per_image']:.0f}"
@@ -566,8 +580,9 @@ def format_table(rows) -> str:
     cost = (f"{r['gflop_per_image']:.4g}, {r['gb_per_image']:.4g}"
             if r['gflop_per_image'] and r['gb_per_image'] else '')
     bound = r['roofline'] and '{:.1f} ({:.3f}, {})'.format(*r['roofline'])
+    versus = r['versus_fastest'] and '**{1:.2f}×** {0}'.format(*r['versus_fastest'])
     lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {r['name']} "
-                 f"| {r['images_s']:.2f} | {r['step_s']:.3g} ({r['spread'][0]:.3g}–"
+                 f"| {r['images_s']:.2f} | {versus or ''} | {r['step_s']:.3g} ({r['spread'][0]:.3g}–"
                  f"{r['spread'][1]:.3g}) | {r['compile_s']:.1f} | {r['peak_rss_mib']:.0f} "
                  f"| {per_image} | {r['fault_mib']:.0f} | {ratios} | {device} | {cost} "
                  f"| {bound or ''} |")

@@ -22,39 +22,41 @@ def run(*args):
                         check=True, env=environment(devices=1)).stdout
 
 
-@pytest.mark.long(seconds=40)
+@pytest.mark.long(seconds=30)
 def test_throughput_prints_a_row_per_variant(tmp_path):
   out = run('benchmarks.throughput', '--model=xception', '--batch=2', '--image-size=71',
             '--mode=train,infer', '--warmup=0', '--repeats=1', '--peers=timm', '--no-record',
             '--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1', '--peak-tflops=1', '--peak-tbps=0.01',
             '--ours=tiny:width_multiplier=0.25,middle_flow_repeats=0',
-            '--ours=tiny-bn:width_multiplier=0.25,middle_flow_repeats=0,norm="xla"',
             '--ours=tiny-2:width_multiplier=0.25,middle_flow_repeats=0,steps_per_call=2',
             f'--trace-dir={tmp_path}')
   all_rows = [line.split('|') for line in out.splitlines() if line.startswith('| xception')]
   assert [(r[3].strip(), r[5].strip()) for r in all_rows] == [
       (mode, name) for mode in ('train', 'infer')
-      for name in ('tiny', 'tiny-bn', 'tiny-2', *(['timm'] if TIMM_INSTALLED else []))]
+      for name in ('tiny', 'tiny-2', *(['timm'] if TIMM_INSTALLED else []))]
   assert all(float(r[6]) > 0 for r in all_rows)      # images/s, timm's where installed
   by_name = {(r[3].strip(), r[5].strip()): r for r in all_rows}
-  for mode in ('train', 'infer'):   # Two steps per call: the cost is reported per step.
-    per_step = [float(by_name[mode, name][14].split(',')[0]) for name in ('tiny', 'tiny-2')]
-    assert per_step[1] == pytest.approx(per_step[0], rel=0.02)
-  rows = [r for r in all_rows if r[5].strip() in ('tiny', 'tiny-bn')]
-  assert all(float(r[6]) > 0 for r in rows)          # images/s
-  assert all(float(r[11]) >= 0 for r in rows)        # page faults MiB/step
+  # Two steps per call: the cost is reported per step.
+  per_step = [float(by_name['train', name][15].split(',')[0]) for name in ('tiny', 'tiny-2')]
+  assert per_step[1] == pytest.approx(per_step[0], rel=0.02)
+  rows = [by_name[mode, 'tiny'] for mode in ('train', 'infer')]
+  assert all(float(r[12]) >= 0 for r in rows)        # page faults MiB/step
   for r in rows:   # XLA's cost analysis and the roofline under the given peaks.
-    gflop, gb = map(float, r[14].split(','))
-    bound, fraction = float(r[15].split()[0]), float(r[15].split()[1].strip('(,'))
+    gflop, gb = map(float, r[15].split(','))
+    bound, fraction = float(r[16].split()[0]), float(r[16].split()[1].strip('(,'))
     assert 0 < gflop and 0 < gb
     assert bound == pytest.approx(1 / max(gflop / 1e3, gb / 10), rel=0.01)
     assert fraction == pytest.approx(float(r[6]) / bound, rel=0.01, abs=1e-3)
-  train_gflop, infer_gflop = float(rows[0][14].split(',')[0]), float(rows[2][14].split(',')[0])
+  train_gflop, infer_gflop = (float(r[15].split(',')[0]) for r in rows)
   assert 2 < train_gflop / infer_gflop < 4          # backward ≈ twice the forward FLOPs
+  if TIMM_INSTALLED:   # The headline: ours over the fastest peer configuration.
+    ratio, peer = by_name['train', 'tiny'][7].split()
+    assert peer == 'timm' and float(ratio.strip('*×')) == pytest.approx(
+        float(by_name['train', 'tiny'][6]) / float(by_name['train', 'timm'][6]), rel=0.01)
   # One profiled step per variant and mode: per-operation times and the compiled HLO.
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       f'xception_{mode}_b2_{name}.{kind}' for mode in ('train', 'infer')
-      for name in ('tiny', 'tiny-bn', 'tiny-2') for kind in ('ops.json', 'hlo.txt.gz'))
+      for name in ('tiny', 'tiny-2') for kind in ('ops.json', 'hlo.txt.gz'))
   tracks = json.loads((tmp_path / 'xception_train_b2_tiny.ops.json').read_text())
   timed_ops = {name for rows in tracks.values() for name, us, count in rows if us > 0}
   with gzip.open(tmp_path / 'xception_train_b2_tiny.hlo.txt.gz', 'rt') as f:
@@ -64,16 +66,38 @@ def test_throughput_prints_a_row_per_variant(tmp_path):
   assert timed_ops & fusions                         # the profile names the HLO's operations
 
 
+def test_the_timed_steps_are_the_trainers_own(monkeypatch):
+  """The benchmark times the jitted function the training loop calls and the evaluator's
+  step, with their state, not a re-implementation."""
+  from helpers import tiny_config
+  from xception_jax.trainer import evaluate, timing, train
+  built, evaluators = [], []
+  train_steps, evaluator_init = train.Setup.train_steps, evaluate.Evaluator.__init__
+  monkeypatch.setattr(train.Setup, 'train_steps', lambda self, abstract, n: (
+      built.append(train_steps(self, abstract, n)), built[-1])[1])
+  monkeypatch.setattr(evaluate.Evaluator, '__init__', lambda self, *args, **kwargs: (
+      evaluators.append(self), evaluator_init(self, *args, **kwargs))[1])
+  config = tiny_config(batch_size=2)
+  timed = timing.training_step(config, steps_per_call=2)
+  assert timed.function is built[0] and (timed.steps_per_call, timed.batch_size) == (2, 2)
+  timed.run()
+  timed.run()   # The state is donated and carried from call to call.
+  evaluated = timing.eval_step(config)
+  assert evaluated.function is evaluators[0].step
+  evaluated.run()
+
+
 @pytest.mark.long(seconds=10)
-def test_variant_options_named_xla_are_compiler_options():
+def test_variant_options_named_xla_are_the_configs_compiler_options():
   tiny = 'width_multiplier=0.25,middle_flow_repeats=0'
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.throughput', '--model=xception', '--batch=2',
        '--image-size=71', '--mode=infer', '--warmup=0', '--repeats=1', '--peers=', '--no-record',
        f'--ours=bad:{tiny},xla_no_such_option=True',
        f'--ours=concurrent:{tiny},xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'],
-      cwd=ROOT, capture_output=True, text=True, check=True)
-  # The option reached XLA's compiler (not the model, which would reject the keyword).
+      cwd=ROOT, capture_output=True, text=True, check=True, env=environment(devices=1))
+  # The option reached XLA's compiler through the config's compiler_options (not the model,
+  # which would reject the keyword).
   assert "bad xception failed (exit 1)" in proc.stderr
   assert "No such compile option: 'xla_no_such_option'" in proc.stderr
   rows = [line.split('|') for line in proc.stdout.splitlines() if line.startswith('| xception')]

@@ -2,6 +2,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -12,7 +13,7 @@ from xception_jax import models, weights
 from xception_jax.trainer import evaluate, train
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.trainer.metric_writers import read_metrics
-from xception_jax.trainer.state import TrainState
+from xception_jax.trainer.state import TrainState, build_model
 
 
 @pytest.mark.long(seconds=50)
@@ -67,6 +68,21 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch
   final = [Checkpoints(tmp_path / str(n) / 'checkpoints').restore_arrays(3) for n in runs]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), *final)
   assert Checkpoints(tmp_path / '2' / 'checkpoints').steps() == [2, 3]
+
+
+@pytest.mark.parametrize('backend, expected', [('cpu', 'float32'), ('gpu', 'bfloat16'),
+                                               ('tpu', 'bfloat16')])
+def test_dtype_auto_computes_in_bfloat16_on_gpu_and_tpu_and_float32_on_cpu(
+    backend, expected, monkeypatch, caplog):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  config = tiny_config()
+  assert config.dtype == 'auto'   # The default.
+  with caplog.at_level('INFO'):
+    model = build_model(config, num_classes=3)
+  assert np.dtype(model.dtype) == np.dtype(expected) and model.param_dtype == jnp.float32
+  assert f'dtype auto: {expected} compute on {backend} (parameters float32).' in caplog.text
+  config.dtype = 'float32'   # An explicit choice stays.
+  assert build_model(config, num_classes=3).dtype == jnp.float32
 
 
 def test_stack_batches_adds_a_leading_axis_and_copies_only_several():

@@ -5,29 +5,29 @@ r"""Size and speed of every registered model on this machine (the paper's Table 
   python -m xception_jax.report --dtype=bfloat16 --out=report.md
 
 Parameters: trainable, at full size (default options, 1,000 classes), whatever
-the speed flags. Speed: the trainer's own training step (forward, backward,
-the Xception recipe's SGD update with weight decay, Polyak averaging, BN per
-device) jitted over every device, on a fixed random batch kept on the
-devices (no input pipeline), timed over --steps after --warmup steps
-(compilation included in the warm-up, reported separately).
+the speed flags. Speed: the trainer's own training step for the default
+config (the Xception recipe: SGD with momentum, weight decay, Polyak
+averaging, BN per device), built by `trainer.timing` from the trainer's
+`Setup` and jitted over every device as the training loop jits it, on a
+fixed random batch kept on the devices (no input pipeline), timed over
+--steps after --warmup steps (compilation included in the warm-up, reported
+separately).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from xception_jax import models
-from xception_jax.trainer import optim, sharding, steps
 from xception_jax.tools import model_table
+from xception_jax.trainer import timing
 from xception_jax.trainer.config_defaults import base_config
-from xception_jax.trainer.state import DTYPES, create_train_state
+from xception_jax.trainer.state import DTYPES
 from xception_jax.weights import tree
 
 FLAGS = flags.FLAGS
@@ -40,7 +40,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('image_size', 299, 'Square input size for the speed run.')
   flags.DEFINE_integer('steps', 10, 'Timed training steps per model.')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps first (the first one compiles).')
-  flags.DEFINE_enum('dtype', 'float32', sorted(DTYPES), 'Compute dtype of the speed run.')
+  flags.DEFINE_enum('dtype', 'auto', ['auto', *sorted(DTYPES)], 'Compute dtype of the speed run '
+                    '(auto: bfloat16 on GPU and TPU, float32 on CPU).')
   flags.DEFINE_multi_string('set', [], 'Model option for the speed run as key=value, e.g. '
                             'width_multiplier=0.25 (parameter counts stay full size).')
   flags.DEFINE_string('out', '', 'Also write the table to this file.')
@@ -63,39 +64,16 @@ def full_size_parameters(name: str) -> int:
   return model_table.count(variables['params'])
 
 
-def measure_training(model, batch_size: int, image_size: int, num_steps: int,
-                     warmup: int = 2) -> tuple[float, float]:
-  """(training steps per second, seconds of compilation and warm-up) of a 1,000-class `model`."""
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(batch_size, mesh)
-  config = base_config()
-  config.batch_size = batch_size
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=1000)
-  tx = optim.optimizer(config, schedule)
-  init = functools.partial(create_train_state, model, tx, image_size)
-  rng = jax.random.PRNGKey(0)
-  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  step_config = steps.StepConfig(num_classes=NUM_CLASSES, weight_decay=config.weight_decay,
-                                 bn_groups=mesh.devices.size)
-  data = sharding.data_sharding(mesh)
-  train_step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                         schedule=schedule, config=step_config),
-                       in_shardings=(shardings, data),
-                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
-                       compiler_options=models.compiler_options(model=model))
-  rng_np = np.random.default_rng(0)
-  batch = jax.device_put({
-      'image': rng_np.uniform(-1, 1, (batch_size, image_size, image_size, 3)).astype(np.float32),
-      'label': rng_np.integers(0, NUM_CLASSES, batch_size).astype(np.int32)}, data)
+def measure_training(config, num_steps: int, warmup: int = 2) -> tuple[float, float]:
+  """(training steps per second, seconds of compilation and warm-up) of the trainer's own
+  step for `config` (`timing.training_step`) on a fixed random batch."""
   started = time.perf_counter()
-  for _ in range(max(warmup, 1)):
-    state, metrics = train_step(state, batch)
-  jax.block_until_ready((state, metrics))
+  timed = timing.training_step(config)
+  for _ in range(warmup):
+    timed.run()
   warmed = time.perf_counter()
   for _ in range(num_steps):
-    state, metrics = train_step(state, batch)
-  jax.block_until_ready((state, metrics))
+    timed.run()
   return num_steps / (time.perf_counter() - warmed), warmed - started
 
 
@@ -105,9 +83,11 @@ def report(names: Sequence[str], batch_size: int, image_size: int, num_steps: in
   """A row per model: full-size parameter count, training steps/s and images/s."""
   rows = []
   for name in names:
-    model = models.create_model(name, num_classes=NUM_CLASSES, dtype=DTYPES[dtype],
-                                **(options or {}))
-    rate, compile_seconds = measure_training(model, batch_size, image_size, num_steps, warmup)
+    config = base_config()
+    config.model, config.batch_size, config.image_size, config.dtype = (
+        name, batch_size, image_size, dtype)
+    config.model_kwargs.update(options or {})
+    rate, compile_seconds = measure_training(config, num_steps, warmup)
     rows.append(Row(name, full_size_parameters(name), rate, rate * batch_size, compile_seconds))
   return rows
 

@@ -24,7 +24,12 @@ def base_config() -> ml_collections.ConfigDict:
   # remat=True recomputes each block's activations in the backward pass (less memory).
   c.execution = ml_collections.ConfigDict(dict(
       depthwise='auto', pointwise='auto', conv='auto', pool='auto', norm='auto', remat=False))
-  c.dtype = 'float32'            # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+  # Compute dtype (parameters stay float32): 'float32', 'bfloat16', or 'auto': bfloat16 on GPU
+  # and TPU, float32 on CPU (trainer/state.py).
+  c.dtype = 'auto'
+  # XLA compiler options over the model's defaults (models.compiler_options), e.g.
+  # 'xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'; comma-separated.
+  c.compiler_options = ''
   # Weights to start from: a pretrained tag (weights.list_pretrained()) or a converted-weights
   # directory (python -m xception_jax.convert); a classifier of another size starts fresh.
   c.init_from = ''

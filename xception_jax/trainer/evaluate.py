@@ -19,7 +19,8 @@ from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.data import pipeline, sources
 from xception_jax.models.inputs import Preprocessing
 from xception_jax.trainer.metric_writers import MetricWriter
-from xception_jax.trainer.state import build_model, init_from_directory, with_init_from_model
+from xception_jax.trainer.state import (build_model, init_from_directory, step_compiler_options,
+                                        with_init_from_model)
 
 METRICS = ('top1', 'top5', 'loss')
 PER_CLASS_FILE = 'per_class_ap.json'
@@ -54,11 +55,12 @@ class Evaluator:
       self.class_weights = multilabel.load_class_weights(config.class_weights,
                                                          source.class_names)
     self.per_class_ap: dict[str, np.ndarray] = {}
-    self._step = jax.jit(functools.partial(
+    # The jitted evaluation step: (variable sets, global batch) → (sums, rankings).
+    self.step = jax.jit(functools.partial(
         steps.eval_step, model=model, num_classes=source.num_classes,
         multilabel=source.multilabel, top_k=self.top_k, class_weights=self.class_weights),
-                         out_shardings=sharding.replicated(mesh),
-                         compiler_options=models.compiler_options(model=model))
+                        out_shardings=sharding.replicated(mesh),
+                        compiler_options=step_compiler_options(config, model))
 
   def __call__(self, variable_sets: dict[str, Any]) -> dict[str, float]:
     """{'count', '<metric><suffix>' ...} averaged over the split (see the class docstring)."""
@@ -74,7 +76,7 @@ class Evaluator:
     batches = pipeline.naming_bad_images(dataset.as_numpy_iterator(), files_of,
                                          f'{self.split} split (evaluation)')
     for batch in batches:
-      sums, ranked = jax.device_get(self._step(variable_sets, sharding.global_batch(batch,
+      sums, ranked = jax.device_get(self.step(variable_sets, sharding.global_batch(batch,
                                                                                    self.mesh)))
       for key, value in sums.items():
         totals[key] += np.asarray(value, np.float64)

@@ -29,7 +29,7 @@ CHANGES_FILE = 'config_changes.jsonl'
 STRUCTURE = ('model', 'model_kwargs', 'optimizer', 'freeze', 'lr_multipliers')
 FREE = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
         'async_checkpoints', 'eval_only', 'eval_batch_size', 'eval_split', 'eval_crop_fraction',
-        'eval_resize', 'eval_datasets',
+        'eval_resize', 'eval_datasets', 'compiler_options', 'dtype',
         'map_top_k', 'class_weights', 'nonfinite_steps', 'compilation_cache_dir', 'data_dir',
         'manual_dir', 'num_epochs', 'total_steps', 'steps_per_call', 'execution', 'distributed',
         'init_from', 'bad_images', 'resume_with_changes', 'workdir_lock_stale_seconds')

@@ -15,6 +15,16 @@ from xception_jax import models, weights
 from xception_jax.trainer.param_groups import HEAD_MODULES
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# 'auto': bfloat16 compute where the hardware has fast bfloat16 matrix units (GPU, TPU),
+# float32 on CPU, where bfloat16 convolutions are emulated and slower than float32.
+AUTO_DTYPES = {'gpu': 'bfloat16', 'cuda': 'bfloat16', 'rocm': 'bfloat16', 'tpu': 'bfloat16'}
+
+
+def compute_dtype(name: str) -> str:
+  """'float32' or 'bfloat16': `name` itself, or for 'auto' the default backend's choice."""
+  if name != 'auto':
+    return name
+  return AUTO_DTYPES.get(jax.default_backend(), 'float32')
 
 
 @flax.struct.dataclass
@@ -37,6 +47,15 @@ class TrainState:
     if ema:
       return {'params': self.ema_params, 'batch_stats': self.ema_batch_stats}
     return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def step_compiler_options(config: ml_collections.ConfigDict, model) -> dict[str, Any]:
+  """The XLA compiler options of the config's jitted steps: the model's defaults with
+  `compiler_options` ('name=value,...', values as Python literals) over them."""
+  options = models.compiler_options(model=model)
+  options.update(models.parse_options(
+      [item for item in config.get('compiler_options', '').split(',') if item.strip()]))
+  return options
 
 
 def init_from_directory(config: ml_collections.ConfigDict):
@@ -81,10 +100,14 @@ def with_init_from_model(config: ml_collections.ConfigDict,
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """The config's model for `num_classes`; a ValueError if the image size is too small."""
-  if config.dtype not in DTYPES:
-    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}.")
+  dtype = compute_dtype(config.dtype)
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {config.dtype!r}.")
+  if config.dtype == 'auto':
+    logging.info('dtype auto: %s compute on %s (parameters float32).', dtype,
+                 jax.default_backend())
   model = models.create_model(config.model, num_classes=num_classes,
-                              dtype=DTYPES[config.dtype], execution=config.get('execution'),
+                              dtype=DTYPES[dtype], execution=config.get('execution'),
                               **config.get('model_kwargs', {}))
   if config.image_size < model.min_input_size:
     raise ValueError(f'image_size {config.image_size} is below the minimum of {config.model} '

@@ -23,7 +23,8 @@ from xception_jax.trainer.evaluate import Evaluator, extra_sets
 from xception_jax.trainer.metric_writers import MetricWriter, Progress, progress_line
 from xception_jax.trainer.preemption import PreemptionWatcher
 from xception_jax.trainer.state import (TrainState, build_model, create_train_state,
-                                        init_from_directory, with_init_from_model)
+                                        init_from_directory, step_compiler_options,
+                                        with_init_from_model)
 from xception_jax.trainer.workdir_lock import held_by_process_zero
 
 BATCH_NORM_SCOPES = ('device', 'global')
@@ -45,13 +46,17 @@ def augmentation(config: ml_collections.ConfigDict) -> preprocessing.Augmentatio
 
 
 class Setup:
-  """What a run derives from its config before the first step (no device work yet)."""
+  """What a run derives from its config before the first step (no device work yet).
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  `source` replaces the config's data set (the benchmarks' synthetic one).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               source: Optional[sources.Source] = None):
     self.config = config
     self.mesh = sharding.make_mesh()
     self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
-    self.source = sources.source_for(config)
+    self.source = source or sources.source_for(config)
     self.num_train = self.source.split_size(config.train_split)
     self.steps_per_epoch = self.num_train // config.batch_size
     if self.steps_per_epoch == 0:
@@ -119,7 +124,8 @@ class Setup:
     return jax.jit(steps.unrolled(step, num_steps),
                    in_shardings=(shardings, sharding.data_sharding(self.mesh, stacked=True)),
                    out_shardings=(shardings, sharding.replicated(self.mesh)),
-                   donate_argnums=0, compiler_options=models.compiler_options(model=self.model))
+                   donate_argnums=0,
+                   compiler_options=step_compiler_options(self.config, self.model))
 
   def call_length(self, step: int) -> int:
     """Steps in the call that follows `step`: up to `steps_per_call`, ending early at the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import re
 from typing import Any, Callable
 
 import ml_collections
@@ -90,6 +91,13 @@ def dataset_list(value) -> str:
                         "'imagenet2012_real,v2=imagenet_v2@test')")
 
 
+def option_list(value) -> str:
+  """'name=value,...' with XLA option names (compiler_options)."""
+  ok = isinstance(value, str) and all(
+      re.fullmatch(r'xla_\w+=.+', item.strip()) for item in value.split(',') if item.strip())
+  return '' if ok else "'xla_NAME=VALUE,...' (XLA compiler options)"
+
+
 def model_name(value) -> str:
   if value == '' or value in models.list_models():
     return ''
@@ -132,7 +140,8 @@ RULES: dict[str, Rule] = {
     'model_kwargs': lambda value: '',  # Checked per option: check_model_options.
     **EXECUTION_RULES,
     'execution.remat': boolean,
-    'dtype': one_of('float32', 'bfloat16'),
+    'dtype': one_of('auto', 'float32', 'bfloat16'),
+    'compiler_options': option_list,
     'init_from': text(),
     'freeze': freeze_pattern,
     'lr_multipliers': multipliers,

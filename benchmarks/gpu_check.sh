@@ -3,13 +3,16 @@
 # minutes: `bash benchmarks/gpu_check.sh` from the repository root on a GPU machine.
 #
 # It uses the machine's own python3 (JAX with CUDA, flax, optax, torch, timm)
-# and, in under 9 minutes (step limits 500 s in all):
+# and, within its step limits:
 #   ceilings    the device's two roofline ceilings (benchmarks/device_ceilings.py);
-#   train       bfloat16 Xception training at batch 128: ours ('auto': XLA's convs
-#               and our fused batch norm on a GPU) and ours with flax's batch norm,
-#               next to timm with AMP in channels-last and NCHW, with XLA's cost
-#               analysis and the roofline against the measured ceilings;
-#   infer       inference, ours next to timm channels-last;
+#   train       bfloat16 training of $MODELS (default: all four) at batch $BATCH,
+#               the trainer's own step ('auto': XLA's convs and our fused batch norm
+#               on a GPU), Xception also with remat, next to timm with AMP in
+#               channels-last, with XLA's cost analysis, the roofline against the
+#               measured ceilings and a per-operation profile (in $OUT/trace);
+#   infer       inference of the same models, ours next to timm channels-last;
+#   pipeline    the input pipeline's images/s per host core (benchmarks/input_pipeline.py),
+#               to set beside the GPU's training rate;
 #   abort       compiles the form pair that aborted XLA's GPU compiler on
 #               2026-11-27 ('shifted' depthwise with 'dot' pointwise) and 'dot'
 #               alone, with XLA's log on, to name the failing check;
@@ -18,6 +21,9 @@
 #   pallas      (not run by default: concluded 2026-11-28, slower than XLA's two
 #               convs at every shape) the fused depthwise + pointwise Pallas
 #               kernel against XLA's two convs, three block sizes.
+# Under a 10-minute limit per command, run it in two calls:
+#   STEPS="ceilings train" bash benchmarks/gpu_check.sh
+#   STEPS="infer pipeline tests" bash benchmarks/gpu_check.sh
 # STEPS="train infer" (say) runs only those steps, for a quick rerun.
 # On an H200 (2026-11-28) a training variant took 55-70 s (compile 49-54 s),
 # a timm one 25-30 s.
@@ -42,7 +48,8 @@ if compgen -G '.whl/*.whl' > /dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-want() { [[ " ${STEPS:-ceilings train infer abort tests} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-ceilings train infer pipeline abort tests} " == *" $1 "* ]]; }
+models=${MODELS:-xception,inception_v3,inception_v4,inception_resnet_v2}
 peaks=''
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -53,14 +60,17 @@ peaks=''
   [[ $peaks == --peak-tflops=* ]] || peaks=''
   want pallas && timeout 110 "$python" -m benchmarks.pallas_separable --batch="$batch" --blocks=64,32,128,4 \
       --blocks=128,64,128,4 --blocks=128,32,256,8 ${SMALL:+--repeats=1}
-  common=(--model=xception --dtype=bfloat16 --batch="$batch" --image-size="$size"
-          --warmup=3 --repeats=10 --worker-timeout=120 $peaks)
+  common=(--dtype=bfloat16 --batch="$batch" --image-size="$size"
+          --warmup=3 --repeats=10 --worker-timeout=150 $peaks)
   note="gpu_check.sh; XLA's default GPU options; roofline against device_ceilings"
-  want train && timeout 260 "$python" -m benchmarks.throughput "${common[@]}" --mode=train \
-      --peers=timm-cl,timm --ours=ours --ours=flax_bn:norm=xla --note="$note"
-  want infer && timeout 80 "$python" -m benchmarks.throughput "${common[@]}" --mode=infer \
-      --peers=timm-cl --note="$note"
-  want abort && timeout 60 "$python" -m benchmarks.throughput "${common[@]}" \
+  want train && timeout 520 "$python" -m benchmarks.throughput "${common[@]}" --model="$models" \
+      --mode=train --peers=timm-cl --ours=auto: --ours=remat:remat=True \
+      --trace-dir="$out/trace" --note="$note"
+  want infer && timeout 300 "$python" -m benchmarks.throughput "${common[@]}" --model="$models" \
+      --mode=infer --peers=timm-cl --note="$note"
+  want pipeline && timeout 120 "$python" -m benchmarks.input_pipeline --image_size="$size" \
+      --results="$results"
+  want abort && timeout 60 "$python" -m benchmarks.throughput "${common[@]}" --model=xception \
       --mode=train --peers= --no-record --env=TF_CPP_MIN_LOG_LEVEL=0 --ours=shifted_dw_dot:depthwise=shifted,pointwise=dot \
       --ours=dot:pointwise=dot
   want tests && JAX_DEFAULT_MATMUL_PRECISION=highest timeout 60 "$python" -m pytest -q -p no:cacheprovider \

@@ -122,22 +122,24 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
 
 
 def unrolled(step_fn: Callable[[Any, Any], tuple[Any, Any]], num_steps: int
-             ) -> Callable[[Any, Any], tuple[Any, Any]]:
+             ) -> Callable[[Any, Any], tuple[Any, tuple[Any, ...]]]:
   """`step_fn(state, batch) -> (state, metrics)` run `num_steps` times as one program.
 
   The returned function takes the batches stacked along a new leading axis
-  and returns the last state and the metrics stacked the same way: the same
+  and returns the last state and a tuple of each step's metrics: the same
   results as `num_steps` calls, in one dispatch. The steps are unrolled rather
   than a `lax.scan`, whose loop ran 20× slower on XLA's CPU backend; on CPU one
   program per several steps maps its temporary memory once per call instead of
-  once per step (benchmarks/RESULTS.md).
+  once per step (benchmarks/RESULTS.md). The metrics stay scalars: stacked into
+  arrays on the device, they made XLA's CPU compiler take 4× as long and twice
+  the memory for the Inception models' steps (docs/performance.md).
   """
   def run(state, batches):
     metrics = []
     for i in range(num_steps):
       state, step_metrics = step_fn(state, jax.tree.map(lambda b: b[i], batches))
       metrics.append(step_metrics)
-    return state, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+    return state, tuple(metrics)
   return run
 
 

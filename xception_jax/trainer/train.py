@@ -256,7 +256,7 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
   batches = stream.batches(start)
   progress = Progress(setup.num_steps, config.batch_size, start)
   started = time.monotonic()
-  records = []  # (first step, device metrics stacked over the call's steps) since the last report.
+  records = []  # (first step, the call's per-step device metrics) since the last report.
 
   def evaluate(step):
     variable_sets = {'': state.variables(), '_ema': state.variables(ema=True)}
@@ -275,9 +275,8 @@ def _train(config, workdir_path, setup, abstract, state, changes, checkpoints, w
     return results
 
   def report(step):
-    fetched = [(first + i, {k: v[i] for k, v in metrics.items()})
-               for first, metrics in jax.device_get(records)
-               for i in range(len(metrics['loss']))]
+    fetched = [(first + i, metrics) for first, per_step in jax.device_get(records)
+               for i, metrics in enumerate(per_step)]
     records.clear()
     skipped = check_finite(config, fetched, checkpoints.latest())
     train_metrics = {**mean_metrics(fetched), **progress.update(step)}

@@ -117,7 +117,7 @@ def test_roofline_is_the_slower_bound_and_peaks_follow_the_device():
   assert throughput.device_peaks('NVIDIA H200', 'float32') == (494.5, 4.8)   # TF32.
   assert throughput.device_peaks('cpu', 'float32') is None
   assert throughput.device_peaks('cpu', 'float32', 2.0, 0.5) == (2.0, 0.5)
-  # ARCHITECTURES.md's Xception estimate: ~50 GFLOP, 0.7-1.4 GB per image on an H100.
+  # Xception's training step is about 50 GFLOP per image; at 1.4 GB it is memory-bound.
   bound, binding = throughput.roofline(50.0, 1.4, (989.0, 3.35))
   assert binding == 'memory' and bound == pytest.approx(3350 / 1.4)
   bound, binding = throughput.roofline(50.0, 0.001, (989.0, 3.35))

@@ -149,3 +149,13 @@ def test_bad_configs_fail_with_clear_messages(tmp_path, overrides, message):
 def test_train_state_fields_are_what_checkpoints_hold():
   assert [f for f in TrainState.__dataclass_fields__] == [
       'step', 'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'rng']
+
+
+def test_a_compiler_option_xla_rejects_is_one_line_before_the_workdir_is_written(tmp_path):
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=r"^XLA rejects the compiler option xla_no_such_option=1 "
+                                       r"\(.*No such compile option.*\); remove it from "
+                                       r"compiler_options or correct it\.$"):
+    train.train_and_evaluate(tiny_config(dataset='digits', compiler_options='xla_no_such_option=1'),
+                             str(workdir))
+  assert list(workdir.iterdir()) == []

@@ -53,14 +53,30 @@ def _checked_options(backend: str, model_name: Optional[str]) -> dict[str, Any]:
           if _accepted(backend, name, value)}
 
 
-@functools.lru_cache(maxsize=None)
+def check_options(options: dict[str, Any], backend: Optional[str] = None) -> None:
+  """Raises a one-line ValueError for the first option XLA on `backend` rejects."""
+  for name, value in options.items():
+    problem = _rejection(backend or jax.default_backend(), name, value)
+    if problem:
+      raise ValueError(f'XLA rejects the compiler option {name}={value!r} ({problem}); '
+                       'remove it from compiler_options or correct it.')
+
+
 def _accepted(backend: str, name: str, value: Any) -> bool:
   """Whether XLA on `backend` compiles with the option; a warning if not."""
+  problem = _rejection(backend, name, value)
+  if problem:
+    logging.warning('XLA rejected the compiler option %s=%r (%s); compiling without it.',
+                    name, value, problem)
+  return not problem
+
+
+@functools.lru_cache(maxsize=None)
+def _rejection(backend: str, name: str, value: Any) -> str:
+  """XLA's one-line error for compiling with the option on `backend`, '' if it compiles."""
   try:
     jax.jit(lambda x: x + 1, backend=backend, compiler_options={name: value}).lower(
         jnp.zeros(())).compile()
   except Exception as e:   # The XLA error type differs between versions.
-    logging.warning('XLA rejected the compiler option %s=%r (%s); compiling without it.',
-                    name, value, str(e).splitlines()[0])
-    return False
-  return True
+    return str(e).splitlines()[0]
+  return ''

@@ -12,6 +12,7 @@ from absl import logging
 from flax import traverse_util
 
 from xception_jax import models, weights
+from xception_jax.models import compiler
 from xception_jax.trainer.param_groups import HEAD_MODULES
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -51,11 +52,12 @@ class TrainState:
 
 def step_compiler_options(config: ml_collections.ConfigDict, model) -> dict[str, Any]:
   """The XLA compiler options of the config's jitted steps: the model's defaults with
-  `compiler_options` ('name=value,...', values as Python literals) over them."""
-  options = models.compiler_options(model=model)
-  options.update(models.parse_options(
-      [item for item in config.get('compiler_options', '').split(',') if item.strip()]))
-  return options
+  `compiler_options` ('name=value,...', values as Python literals) over them; a ValueError
+  if XLA rejects one of those."""
+  chosen = models.parse_options(
+      [item for item in config.get('compiler_options', '').split(',') if item.strip()])
+  compiler.check_options(chosen)   # A one-line error now rather than a failed compile later.
+  return {**models.compiler_options(model=model), **chosen}
 
 
 def init_from_directory(config: ml_collections.ConfigDict):

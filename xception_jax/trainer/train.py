@@ -64,6 +64,7 @@ class Setup:
                        f'examples of {config.dataset}; lower batch_size.')
     self.num_steps = optim.total_steps(config, self.steps_per_epoch)
     self.model = build_model(config, self.source.num_classes)
+    self.compiler_options = step_compiler_options(config, self.model)
     self.extra_sets = extra_sets(config, self.source.num_classes)
     self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
     self.tx = optim.optimizer(config, self.schedule)
@@ -125,7 +126,7 @@ class Setup:
                    in_shardings=(shardings, sharding.data_sharding(self.mesh, stacked=True)),
                    out_shardings=(shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0,
-                   compiler_options=step_compiler_options(self.config, self.model))
+                   compiler_options=self.compiler_options)
 
   def call_length(self, step: int) -> int:
     """Steps in the call that follows `step`: up to `steps_per_call`, ending early at the

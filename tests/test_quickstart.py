@@ -11,8 +11,8 @@ import pytest
 @pytest.mark.long(seconds=80)
 def test_quickstart_reaches_95_percent_with_averaged_weights(tmp_path):
   # As a user runs it: no test-wide XLA flags. One CPU device, not the suite's eight virtual
-  # ones (70 s end to end instead of about 180), and 360 steps are run-bound, so LLVM's
-  # optimisation pays (the suite's cheaper code generation doubled the training time).
+  # ones, and 180 steps are run-bound, so LLVM's optimisation pays (the suite's cheaper code
+  # generation doubled the training time).
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   started = time.monotonic()
   result = subprocess.run(

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from data_helpers import make_image_folder
 from helpers import tiny_config
 from xception_jax import models, weights
+from xception_jax.models import layers as models_layers
 from xception_jax.trainer import evaluate, train
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.trainer.metric_writers import read_metrics
@@ -159,3 +160,23 @@ def test_a_compiler_option_xla_rejects_is_one_line_before_the_workdir_is_written
     train.train_and_evaluate(tiny_config(dataset='digits', compiler_options='xla_no_such_option=1'),
                              str(workdir))
   assert list(workdir.iterdir()) == []
+
+
+def test_the_state_is_initialised_by_cheaply_generated_code_with_the_same_values(tmp_path,
+                                                                                monkeypatch):
+  root = make_image_folder(tmp_path / 'data', classes=2, per_class=4, splits=('train',))
+  setup = train.Setup(tiny_config(dataset=f'folder:{root}'))
+  options, jit = [], jax.jit
+  monkeypatch.setattr(train.jax, 'jit', lambda f, **kwargs: (
+      options.append(kwargs.get('compiler_options')), jit(f, **kwargs))[1])
+  setup.init_state(setup.abstract_state())
+  monkeypatch.undo()
+  assert options == [{'xla_backend_optimization_level': 0}]   # LLVM at -O0 on CPU.
+  # Every model initialises its kernels with KERNEL_INIT and the rest with constants; the
+  # values do not depend on the optimisation (the whole tiny state's do not either, but its
+  # optimised compile alone takes 9 s).
+  cheap, optimised = (jax.jit(lambda key: models_layers.KERNEL_INIT(key, (3, 3, 32, 64)),
+                              compiler_options={'xla_backend_optimization_level': level,
+                                                'xla_cpu_use_fusion_emitters': bool(level)})(
+                                  jax.random.PRNGKey(0)) for level in (0, 3))
+  np.testing.assert_array_equal(cheap, optimised)

@@ -29,6 +29,17 @@ COMPILER_OPTIONS = {'cpu': {
 MODEL_COMPILER_OPTIONS = {'cpu': {'inception_resnet_v2': {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE',
     'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED'}}}
+# Programs that run once, such as a state's initialisation, are not worth optimising on
+# CPU: LLVM's optimisation costs more compile time than it saves in the one run
+# (docs/performance.md). The values are the same to the bit for these models' initialisers
+# (Glorot-uniform kernels and constants; normal-distributed ones can differ in the last bit).
+RUN_ONCE_COMPILER_OPTIONS = {'cpu': {'xla_backend_optimization_level': 0}}
+
+
+def run_once_compiler_options(backend: Optional[str] = None) -> dict[str, Any]:
+  """XLA compiler options for a program that runs once (initialising a state): code
+  generated cheaply, the same results."""
+  return dict(RUN_ONCE_COMPILER_OPTIONS.get(backend or jax.default_backend(), {}))
 
 
 def compiler_options(backend: Optional[str] = None, *,

@@ -113,7 +113,7 @@ class Setup:
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     pretrained = self.pretrained() if self.config.get('init_from') else None
     init = jax.jit(self.initial_state_fn(self.config.get('init_from', '')),
-                   out_shardings=shardings)
+                   out_shardings=shardings, compiler_options=models.run_once_compiler_options())
     return init(jax.random.PRNGKey(self.config.seed), pretrained)
 
   def train_steps(self, abstract: TrainState, num_steps: int):

@@ -33,7 +33,7 @@ def graph_function(fn: Callable) -> Callable:
 
   The preprocessing's conditions are Python values (options, shapes), never
   tensors, so AutoGraph has nothing to convert; its source transformation cost
-  each run about 2.5 s of start-up on two cores.
+  each run about 1 s of start-up on two cores (benchmarks/RESULTS.md).
   """
   return tf.autograph.experimental.do_not_convert(fn)
 

@@ -141,3 +141,27 @@ def test_digits_folder_is_written_once(tmp_path):
   stamp = (tmp_path / 'digits' / '.complete').stat().st_mtime
   sources.get_source('digits', data_dir=str(tmp_path))
   assert (tmp_path / 'digits' / '.complete').stat().st_mtime == stamp
+
+
+def test_the_input_pipeline_loads_tensorflow_without_keras_and_keras_still_imports():
+  import subprocess
+  import sys
+  script = ('import sys; from xception_jax.data import pipeline; '
+            'print(sorted(m for m in ("keras", "sklearn") if m in sys.modules)); '
+            'import keras.src.optimizers; print(keras.src.optimizers.SGD.__name__)')
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                       check=True, env={'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
+                                        'KERAS_BACKEND': 'jax', 'PATH': ''}).stdout
+  assert out.split() == ['[]', 'SGD']
+
+
+def test_an_image_file_is_read_with_the_eval_preprocessing_and_a_bad_one_named(tmp_path):
+  good, bad = tmp_path / 'good.png', tmp_path / 'bad.jpg'
+  good.write_bytes(tf.io.encode_png(gradient_image(50, 60)).numpy())
+  bad.write_bytes(b'not an image')
+  spec = Preprocessing(32, 0.875)
+  np.testing.assert_array_equal(preprocessing.eval_image_file(str(good), spec),
+                                preprocessing.preprocess_for_eval(
+                                    tf.io.read_file(str(good)), 32, 0.875, spec).numpy())
+  with pytest.raises(ValueError, match=rf'^{bad} is not a decodable image \(JPEG, PNG'):
+    preprocessing.eval_image_file(str(bad), spec)

@@ -16,7 +16,7 @@ from xception_jax.trainer import sharding, train
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.trainer.metric_writers import read_metrics
 
-TOTAL_STEPS = 12
+TOTAL_STEPS = 8
 
 
 @pytest.mark.long(seconds=90)

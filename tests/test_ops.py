@@ -231,7 +231,7 @@ def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog
       "depthwise='shifted' with pointwise='dot'"]
 
 
-@pytest.mark.long
+@pytest.mark.long(seconds=15)
 @pytest.mark.parametrize('name, size, forms, dtype, tol', [
     ('xception', 71, dict(depthwise='shifted', conv='im2col'), jnp.float32, 1e-4),
     # Training-mode BN over Inception-V3's last, 1×1 maps of 2 images is so
@@ -239,7 +239,6 @@ def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog
     # compare in float64.
     ('inception_v3', 75, dict(), jnp.float64, 1e-9),
 ], ids=['xception', 'inception_v3'])
-@pytest.mark.long(seconds=15)
 def test_fast_forms_match_reference_in_training(name, size, forms, dtype, tol):
   """The whole model: same parameters, same logits, BN statistics and gradients."""
   model_options = {'xception': TINY, 'inception_v3': dict(width_multiplier=0.125, bn_scale=True)}

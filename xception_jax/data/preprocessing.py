@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from xception_jax.models.inputs import Preprocessing
@@ -137,3 +138,13 @@ def preprocess_for_eval(image_bytes: tf.Tensor, image_size: int,
 
   image = _decode_window(image_bytes, central_window)
   return normalize(_resize_and_scale(image, image_size, spec.resize), spec)
+
+
+def eval_image_file(path: str, spec: Preprocessing) -> np.ndarray:
+  """The image file at `path` under `spec`'s evaluation preprocessing, [size, size, 3];
+  a ValueError naming the file when it is not a decodable image."""
+  try:
+    return preprocess_for_eval(tf.io.read_file(path), spec.image_size, spec.crop_fraction,
+                               spec).numpy()
+  except tf.errors.InvalidArgumentError:
+    raise ValueError(f'{path} is not a decodable image (JPEG, PNG, BMP or GIF).') from None

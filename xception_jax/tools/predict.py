@@ -18,7 +18,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from xception_jax import models, weights
@@ -47,11 +46,7 @@ def load_images(paths: Sequence[str], spec: Preprocessing) -> np.ndarray:
   for path in paths:
     if not Path(path).is_file():
       raise FileNotFoundError(f'No image file at {path}.')
-    try:
-      images.append(preprocessing.preprocess_for_eval(
-          tf.io.read_file(path), spec.image_size, spec.crop_fraction, spec).numpy())
-    except tf.errors.InvalidArgumentError:
-      raise ValueError(f'{path} is not a decodable image (JPEG, PNG, BMP or GIF).') from None
+    images.append(preprocessing.eval_image_file(path, spec))
   return np.stack(images)
 
 

@@ -165,6 +165,9 @@ def test_a_compiler_option_xla_rejects_is_one_line_before_the_workdir_is_written
 def test_the_state_is_initialised_by_cheaply_generated_code_with_the_same_values(tmp_path,
                                                                                 monkeypatch):
   root = make_image_folder(tmp_path / 'data', classes=2, per_class=4, splits=('train',))
+  traces, create = [], train.create_train_state
+  monkeypatch.setattr(train, 'create_train_state', lambda *args, **kwargs: (
+      traces.append(1), create(*args, **kwargs))[1])
   setup = train.Setup(tiny_config(dataset=f'folder:{root}'))
   options, jit = [], jax.jit
   monkeypatch.setattr(train.jax, 'jit', lambda f, **kwargs: (
@@ -172,6 +175,7 @@ def test_the_state_is_initialised_by_cheaply_generated_code_with_the_same_values
   setup.init_state(setup.abstract_state())
   monkeypatch.undo()
   assert options == [{'xla_backend_optimization_level': 0}]   # LLVM at -O0 on CPU.
+  assert len(traces) == 1   # One trace of the initialisation serves the abstract state too.
   # Every model initialises its kernels with KERNEL_INIT and the rest with constants; the
   # values do not depend on the optimisation (the whole tiny state's do not either, but its
   # optimised compile alone takes 9 s).

@@ -85,16 +85,21 @@ class Setup:
     template = tree.variable_template(self.model, self.config.image_size)
     return param_groups.frozen_norms(template, self.config.freeze)
 
-  def initial_state_fn(self, pretrained_name: str = ''):
-    """rng, pretrained variables (or None) → step-0 TrainState."""
+  @functools.cached_property
+  def initial_state_fn(self):
+    """rng, pretrained variables (or None) → step-0 TrainState.
+
+    One function object for the abstract state and the jitted initialisation, so that
+    JAX traces the model's initialisation once for both.
+    """
     return functools.partial(create_train_state, self.model, self.tx, self.config.image_size,
-                             pretrained_name=pretrained_name or 'pretrained weights')
+                             pretrained_name=self.config.get('init_from') or 'pretrained weights')
 
   def abstract_state(self) -> TrainState:
     """The state's shapes, dtypes and shardings, without computing it."""
     rng = jax.random.PRNGKey(self.config.seed)
     pretrained = self.pretrained_shapes()
-    abstract = jax.eval_shape(self.initial_state_fn(), rng, pretrained)
+    abstract = jax.eval_shape(self.initial_state_fn, rng, pretrained)
     shardings = sharding.state_shardings(abstract, self.mesh)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
@@ -112,8 +117,8 @@ class Setup:
     """A fresh (or pretrained-initialised) state, built directly with its shardings."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     pretrained = self.pretrained() if self.config.get('init_from') else None
-    init = jax.jit(self.initial_state_fn(self.config.get('init_from', '')),
-                   out_shardings=shardings, compiler_options=models.run_once_compiler_options())
+    init = jax.jit(self.initial_state_fn, out_shardings=shardings,
+                   compiler_options=models.run_once_compiler_options())
     return init(jax.random.PRNGKey(self.config.seed), pretrained)
 
   def train_steps(self, abstract: TrainState, num_steps: int):

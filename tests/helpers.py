@@ -26,9 +26,10 @@ def variable_shapes(model, image_size=None):
 
 
 def init(model, image_size: int, batch: int = 2, seed: int = 0):
-  """Real variables for `model` at `image_size`."""
+  """Real variables for `model` at `image_size`, made by its initialisers in one jitted
+  program (op by op, XLA compiles every initialiser of a new shape on its own)."""
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
-  return model.init(jax.random.PRNGKey(seed), x, train=False)
+  return jax.jit(lambda key, x: model.init(key, x, train=False))(jax.random.PRNGKey(seed), x)
 
 
 def random_variables(model, image_size=None, seed: int = 0):

@@ -93,7 +93,7 @@ def test_sigmoid_training_lowers_the_loss_on_a_fixed_batch():
   step = jax.jit(functools.partial(
       steps.train_step, model=model, tx=tx, schedule=schedule,
       config=steps.StepConfig(num_classes=6, weight_decay=1e-5, multilabel=True)))
-  state = create_train_state(model, tx, 16, jax.random.PRNGKey(0))
+  state = jax.jit(functools.partial(create_train_state, model, tx, 16))(jax.random.PRNGKey(0))
   losses = []
   for _ in range(4):
     state, metrics = step(state, batch)

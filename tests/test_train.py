@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_helpers import make_image_folder
-from helpers import tiny_config
+from helpers import random_variables, tiny_config
 from xception_jax import models, weights
 from xception_jax.models import layers as models_layers
 from xception_jax.trainer import evaluate, train
@@ -98,7 +98,7 @@ def test_stack_batches_adds_a_leading_axis_and_copies_only_several():
 def test_fine_tuning_from_converted_weights_with_other_classes(tmp_path):
   pretrained_model = models.create_model('xception', num_classes=7, width_multiplier=0.25,
                                          middle_flow_repeats=1)
-  pretrained = pretrained_model.init(jax.random.PRNGKey(42), np.zeros((1, 71, 71, 3)))
+  pretrained = random_variables(pretrained_model, 71, seed=42)
   weights.save_variables(pretrained, tmp_path / 'pretrained')
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=4)
   config = tiny_config(dataset=f'folder:{root}', eval_split='test',
@@ -118,8 +118,7 @@ def test_eval_only_on_converted_weights_and_on_a_checkpoint(tmp_path):
   root = make_image_folder(tmp_path / 'data', classes=4, per_class=3)
   model = models.create_model('xception', num_classes=4, width_multiplier=0.25,
                               middle_flow_repeats=1)
-  weights.save_variables(model.init(jax.random.PRNGKey(0), np.zeros((1, 71, 71, 3))),
-                         tmp_path / 'w')
+  weights.save_variables(random_variables(model, 71), tmp_path / 'w')
   config = tiny_config(dataset=f'folder:{root}', eval_split='test', eval_batch_size=8,
                        init_from=str(tmp_path / 'w'), eval_only=True)
   results = evaluate.evaluate_only(config, str(tmp_path / 'eval'))

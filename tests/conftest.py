@@ -27,32 +27,56 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+def made_once_per_session(tmp_path_factory, name: str, make) -> Path:
+  """A directory `make(directory)` filled once per test session: the xdist workers share it
+  (the first to take its file lock makes it, the others wait). Tests must not change it."""
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist each worker's base is a sub-directory of the session's.
+  shared = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / name
+  shared.mkdir(exist_ok=True)
+  with open(shared / 'lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (shared / 'done').exists():
+      make(shared)
+      (shared / 'done').touch()
+  return shared
+
+
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory):
   """(config, workdir, data folder) of a tiny run: checkpoints at steps 2 and 4 of a
   0.25-width Xception on a 4-class image folder (16 training, 16 test images), evaluated on
   its test split and, as the extra set 'again', on the same split once more.
 
-  Trained once per test session: the xdist workers share it (the first one to take the
-  file lock trains). Tests must not change it: copy it first.
+  Trained once per test session. Tests must not change it: copy it first.
   """
   from data_helpers import make_image_folder
   from helpers import tiny_config
   from xception_jax.trainer import train
-  base = tmp_path_factory.getbasetemp()
-  # Under xdist each worker's base is a sub-directory of the session's.
-  shared = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'trained_workdir'
-  shared.mkdir(exist_ok=True)
-  data, workdir = shared / 'data', shared / 'run'
-  config = tiny_config(dataset=f'folder:{data}', eval_split='test', total_steps=4,
-                       checkpoint_every_steps=2, eval_datasets=f'again=folder:{data}@test')
-  with open(shared / 'lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (shared / 'done').exists():
-      make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
-      train.train_and_evaluate(config, str(workdir))
-      (shared / 'done').touch()
-  return config, Path(workdir), Path(data)
+
+  def make(shared):
+    data = shared / 'data'
+    make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
+    train.train_and_evaluate(config_for(data), str(shared / 'run'))
+
+  config_for = lambda data: tiny_config(
+      dataset=f'folder:{data}', eval_split='test', total_steps=4, checkpoint_every_steps=2,
+      eval_datasets=f'again=folder:{data}@test')
+  shared = made_once_per_session(tmp_path_factory, 'trained_workdir', make)
+  return config_for(shared / 'data'), shared / 'run', shared / 'data'
+
+
+@pytest.fixture(scope='session')
+def digits_data_dir(tmp_path_factory) -> str:
+  """A `data_dir` holding the bundled digits' image folders ('digits', 'digits_multilabel'),
+  written once per test session."""
+  from xception_jax.data import sources
+
+  def make(shared):
+    sources.write_digits_folder(shared / 'digits')
+    sources.write_digit_grids_folder(shared / 'digits_multilabel')
+
+  return str(made_once_per_session(tmp_path_factory, 'digits_data_dir', make))
 
 
 @pytest.fixture(autouse=True)

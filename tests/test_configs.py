@@ -29,9 +29,9 @@ def test_every_config_has_a_local_variant():
 
 
 @pytest.mark.parametrize('path', LOCAL, ids=lambda p: p.stem)
-def test_local_variant_builds_its_model_and_state(path, tmp_path):
+def test_local_variant_builds_its_model_and_state(path, digits_data_dir):
   config = load(path, 'local')
-  config.data_dir = str(tmp_path / 'data')
+  config.data_dir = digits_data_dir
   setup = train.Setup(config)
   state = setup.abstract_state()  # Shapes only: the model, optimizer and EMA all fit.
   assert state.params.keys() == state.ema_params.keys()
@@ -39,9 +39,9 @@ def test_local_variant_builds_its_model_and_state(path, tmp_path):
 
 
 @pytest.mark.long(seconds=32)
-def test_local_variant_trains(tmp_path):
+def test_local_variant_trains(tmp_path, digits_data_dir):
   config = load(Path('configs/imagenet.py'), 'local')
-  config.data_dir = str(tmp_path / 'data')
+  config.data_dir = digits_data_dir
   config.async_checkpoints = False
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['count'] == 355  # The digits test split, every example once.

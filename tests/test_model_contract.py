@@ -21,7 +21,6 @@ from flax import nnx
 from helpers import (assert_trees_close, check_training_step, param_count, random_variables,
                      variable_shapes)
 from xception_jax import models
-from xception_jax.weights import tree
 
 NAMES = models.list_models()
 # (spatial size, channels) of each feature map at 299×299, in the order of `feature_names`:
@@ -49,8 +48,8 @@ def tiny(name, **options):
 def test_feature_names_strides_and_channels_at_299(name):
   model = models.create_model(name, include_top=False, pooling=None)
   x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
-  out, features = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True),
-                                 tree.variable_template(model), x)
+  (out, features), _ = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.PRNGKey(0), x, return_features=True), x)
   assert sorted(features) == sorted(model.feature_names)   # (jax returns dicts key-sorted)
   assert len(model.feature_strides) == len(model.feature_names)
   for feature_name, stride, (size, channels) in zip(

@@ -65,8 +65,8 @@ def test_feature_shapes_and_strides(size, final):
   assert expected_sizes(size)[-1] == final
   model = models.create_model('xception', include_top=False, pooling=None)
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: init(model, size))
-  out, feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
+  (out, feats), _ = jax.eval_shape(lambda x: model.init_with_output(
+      jax.random.PRNGKey(0), x, return_features=True), x)
   assert out.shape == (2, final, final, 2048)
   assert sorted(feats) == sorted(models.Xception.feature_names)
   channels = {'stem': 64, 'block2': 128, 'block3': 256, 'entry_flow': 728, 'middle_flow': 728,

@@ -54,14 +54,15 @@ def trained_workdir(tmp_path_factory):
   from helpers import tiny_config
   from xception_jax.trainer import train
 
+  config_for = lambda data: tiny_config(
+      dataset=f'folder:{data}', eval_split='test', total_steps=4, checkpoint_every_steps=2,
+      eval_datasets=f'again=folder:{data}@test')
+
   def make(shared):
     data = shared / 'data'
     make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
     train.train_and_evaluate(config_for(data), str(shared / 'run'))
 
-  config_for = lambda data: tiny_config(
-      dataset=f'folder:{data}', eval_split='test', total_steps=4, checkpoint_every_steps=2,
-      eval_datasets=f'again=folder:{data}@test')
   shared = made_once_per_session(tmp_path_factory, 'trained_workdir', make)
   return config_for(shared / 'data'), shared / 'run', shared / 'data'
 

@@ -1,4 +1,6 @@
 """Small utilities shared by the tests."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +32,15 @@ def init(model, image_size: int, batch: int = 2, seed: int = 0):
   program (op by op, XLA compiles every initialiser of a new shape on its own)."""
   x = jnp.zeros((batch, image_size, image_size, 3), jnp.float32)
   return jax.jit(lambda key, x: model.init(key, x, train=False))(jax.random.PRNGKey(seed), x)
+
+
+def initial_state(model, tx, image_size: int):
+  """`model`'s step-0 TrainState under `tx` (host arrays), initialised by one jitted program:
+  op by op, XLA compiles every initialiser of a new shape on its own (10 s for the tiny
+  Xception)."""
+  from xception_jax.trainer.state import create_train_state
+  return jax.device_get(jax.jit(functools.partial(create_train_state, model, tx, image_size))(
+      jax.random.PRNGKey(0)))
 
 
 def random_variables(model, image_size=None, seed: int = 0):

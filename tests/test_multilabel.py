@@ -9,13 +9,13 @@ import optax
 import pytest
 
 from data_helpers import image_ids, make_image_folder, multilabel_bits
+from helpers import initial_state
 from xception_jax.trainer import optim, steps, train
 from xception_jax.tools import plot
 from xception_jax.trainer.config_defaults import load_config
 from xception_jax.data import pipeline, sources
 from xception_jax.models.inputs import Preprocessing
 from xception_jax.trainer.metric_writers import read_metrics
-from xception_jax.trainer.state import create_train_state
 
 
 def label_folder(tmp_path, with_classes_file=True):
@@ -93,7 +93,7 @@ def test_sigmoid_training_lowers_the_loss_on_a_fixed_batch():
   step = jax.jit(functools.partial(
       steps.train_step, model=model, tx=tx, schedule=schedule,
       config=steps.StepConfig(num_classes=6, weight_decay=1e-5, multilabel=True)))
-  state = jax.jit(functools.partial(create_train_state, model, tx, 16))(jax.random.PRNGKey(0))
+  state = initial_state(model, tx, 16)
   losses = []
   for _ in range(4):
     state, metrics = step(state, batch)

@@ -9,6 +9,7 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
+from helpers import initial_state
 from xception_jax import models
 from xception_jax.trainer import sharding, steps
 from xception_jax.trainer.state import create_train_state
@@ -25,17 +26,10 @@ def batch(n=16, size=71, seed=0):
           'label': rng.integers(0, 5, n).astype(np.int32)}
 
 
-def initial_state(model, tx):
-  """`model`'s step-0 state at 71 px as host arrays, initialised by one jitted program
-  (run op by op, each initialiser is compiled on its own: 10 s for the tiny Xception)."""
-  return jax.device_get(jax.jit(functools.partial(create_train_state, model, tx, 71))(
-      jax.random.PRNGKey(0)))
-
-
 def one_step(model, mesh, data, bn_groups, tx=None, state=None):
   """Runs one jitted, sharded training step on `mesh`; returns the new state (host arrays)."""
   tx = tx or optax.sgd(0.1, momentum=0.9)
-  state = state or initial_state(model, tx)
+  state = state or initial_state(model, tx, 71)
   replicated = sharding.replicated(mesh)
   state = jax.device_put(state, replicated)
   config = steps.StepConfig(num_classes=5, weight_decay=1e-5, bn_groups=bn_groups)
@@ -69,7 +63,7 @@ def test_sharded_step_on_8_devices_equals_one_device(bn_groups):
     model = tiny_xception().clone(dtype=jnp.float64, param_dtype=jnp.float64)
     data = jax.tree.map(lambda a: a.astype(np.float64) if a.dtype == np.float32 else a,
                         batch())
-    start = initial_state(model, optax.sgd(0.1, momentum=0.9))
+    start = initial_state(model, optax.sgd(0.1, momentum=0.9), 71)
     one, m1 = one_step(model, Mesh(np.array(jax.devices()[:1]), ('data',)), data, bn_groups,
                        state=start)
     eight, m8 = one_step(model, Mesh(np.array(jax.devices()), ('data',)), data, bn_groups,
@@ -83,7 +77,7 @@ def test_sharded_step_on_8_devices_equals_one_device(bn_groups):
 def test_per_device_batch_norm_differs_from_global():
   model, data = tiny_xception(), batch()
   mesh = Mesh(np.array(jax.devices()), ('data',))
-  start = initial_state(model, optax.sgd(0.1, momentum=0.9))
+  start = initial_state(model, optax.sgd(0.1, momentum=0.9), 71)
   grouped, _ = one_step(model, mesh, data, bn_groups=8, state=start)
   whole, _ = one_step(model, mesh, data, bn_groups=1, state=start)
   mean = lambda s: s['block1_conv1']['bn']['mean']
@@ -98,7 +92,7 @@ def test_per_device_batch_norm_differs_from_global():
 def test_ema_of_params_and_batch_stats_after_a_step():
   model, data = tiny_xception(), batch()
   mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
-  start = initial_state(model, optax.sgd(0.1))
+  start = initial_state(model, optax.sgd(0.1), 71)
   new, _ = one_step(model, mesh, data, 1, state=start, tx=optax.sgd(0.1))
   # Step 0 with warm-up: decay = min(0.9999, 1/10) = 0.1.
   expected = jax.tree.map(lambda old, cur: 0.1 * old + 0.9 * cur, start.params, new.params)

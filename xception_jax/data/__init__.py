@@ -21,7 +21,7 @@ def _import_tensorflow_without_keras() -> None:
   try:
     import tensorflow  # noqa: F401
   finally:
-    if placed and sys.modules.get(blocked, 0) is None:
+    if placed:
       del sys.modules[blocked]
 
 

@@ -22,7 +22,7 @@ from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.trainer.config_defaults import load_config
 
 SIZE = 75
-STEPS = 30
+STEPS = 60
 
 
 def digits(count: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def test_convert_fine_tune_and_predict_on_the_digits(tmp_path):
   converted = weights.load_variables(tmp_path / 'converted')
 
   # The README's fine-tuning command (the classifier alone), as a user runs it: no test-wide
-  # XLA flags, since 30 full-size steps and a 355-image evaluation are run-bound.
+  # XLA flags, since 60 full-size steps and a 355-image evaluation are run-bound.
   run = tmp_path / 'run'
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   result = subprocess.run(

@@ -73,7 +73,8 @@ def test_convert_then_predict_command_lines(tmp_path):
   # 20,806,952 backbone + 2048·10 + 10 head parameters.
   assert result.stdout.strip() == ('Wrote 20,827,442 trainable parameters of xception '
                                    f'(num_classes=10) to {tmp_path}/ckpt')
-  again = run_module('xception_jax.convert', '--model=xception', f'--input={tmp_path}/w.h5',
+  # An existing output is refused before the input is read (here it does not even exist).
+  again = run_module('xception_jax.convert', '--model=xception', f'--input={tmp_path}/no.h5',
                      f'--output={tmp_path}/ckpt')
   assert again.returncode == 1
   assert again.stderr.strip().splitlines()[-1] == (
@@ -86,6 +87,13 @@ def test_convert_then_predict_command_lines(tmp_path):
   lines = predicted.stdout.strip().splitlines()
   assert lines[0] == f'{tmp_path}/image.png' and len(lines) == 4
   assert all(re.fullmatch(r'  \d\. digit \d +\d+\.\d\d%', line) for line in lines[1:])
+
+
+def test_an_existing_output_is_refused_before_a_download_starts(tmp_path, monkeypatch):
+  from xception_jax.weights import convert, published
+  monkeypatch.setattr(published, 'pretrained_directory', lambda tag: pytest.fail('downloaded'))
+  with pytest.raises(FileExistsError, match=f'^{tmp_path} exists; choose a new directory'):
+    convert.copy_pretrained('xception.keras_in1k', tmp_path)
 
 
 def test_convert_lists_the_pretrained_tags():

@@ -98,7 +98,9 @@ def _read_variables(directory: Path) -> dict[str, Any]:
     return checkpointer.restore(directory, target)
 
 
-def _new_directory(directory: str | os.PathLike) -> Path:
+def new_directory(directory: str | os.PathLike) -> Path:
+  """`directory` as an absolute path; FileExistsError if it exists (converted weights are
+  written to a new directory, never over one)."""
   directory = Path(directory).absolute()
   if directory.exists():
     raise FileExistsError(f'{directory} exists; choose a new directory for the converted weights.')
@@ -111,7 +113,7 @@ def save(directory: str | os.PathLike, variables: dict[str, Any], info: WeightsI
   The directory appears complete or not at all: it is written under a
   temporary name beside it and renamed at the end.
   """
-  directory = _new_directory(directory)
+  directory = new_directory(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
   try:
@@ -165,6 +167,6 @@ def load(directory: str | os.PathLike, **overrides) -> tuple[nn.Module, dict[str
 
 def save_variables(variables: dict[str, Any], directory: str | os.PathLike) -> Path:
   """Writes bare `{'params', 'batch_stats'}` to `directory` (the older layout, no model info)."""
-  directory = _new_directory(directory)
+  directory = new_directory(directory)
   _write_variables(variables, directory)
   return directory

@@ -40,6 +40,7 @@ def convert_file(source: str, model_name: str, path: str | os.PathLike,
   """
   if source not in SOURCES:
     raise ValueError(f'Unknown weights source {source!r}; choose one of {", ".join(SOURCES)}.')
+  checkpoint.new_directory(output)   # Refused before the source is read (seconds for Keras).
   if source == 'keras':
     model, variables, fixed = keras_to_ours(model_name, path)
   else:
@@ -55,6 +56,7 @@ def convert_file(source: str, model_name: str, path: str | os.PathLike,
 
 def copy_pretrained(tag: str, output: str | os.PathLike) -> tuple[checkpoint.WeightsInfo, int]:
   """The converted weights of `tag` (downloaded and converted once, cached) copied to `output`."""
+  checkpoint.new_directory(output)   # Refused before a download or conversion.
   directory = published.pretrained_directory(tag)
   info, variables = checkpoint.load_info(directory), checkpoint.load_variables(directory)
   checkpoint.save(output, variables, info)

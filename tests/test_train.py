@@ -11,7 +11,8 @@ from data_helpers import make_image_folder
 from helpers import random_variables, tiny_config
 from xception_jax import models, weights
 from xception_jax.models import layers as models_layers
-from xception_jax.trainer import evaluate, train
+from xception_jax.data import sources
+from xception_jax.trainer import evaluate, sharding, train
 from xception_jax.trainer.checkpoints import Checkpoints
 from xception_jax.trainer.metric_writers import read_metrics
 from xception_jax.trainer.state import TrainState, build_model
@@ -127,6 +128,19 @@ def test_eval_only_on_converted_weights_and_on_a_checkpoint(tmp_path):
   trained = train.train_and_evaluate(config, str(tmp_path / 'run'))
   again = evaluate.evaluate_only(config, str(tmp_path / 'run'))
   assert again == trained
+
+
+def test_evaluators_that_agree_share_one_jitted_step(tmp_path):
+  """A run's extra evaluation sets with the same classes, or a later run in the same process,
+  reuse the evaluation step's trace and compilation; other classes get their own."""
+  config = tiny_config(eval_split='test')
+  mesh = sharding.make_mesh()
+  model = build_model(config, num_classes=4)
+  four, again = (evaluate.Evaluator(model, sources.FolderSource(make_image_folder(
+      tmp_path / name, classes=4, per_class=1)), config, mesh) for name in ('a', 'b'))
+  three = evaluate.Evaluator(model.clone(num_classes=3), sources.FolderSource(make_image_folder(
+      tmp_path / 'c', classes=3, per_class=1)), config, mesh)
+  assert four.step is again.step and three.step is not four.step
 
 
 @pytest.mark.parametrize('overrides, message', [

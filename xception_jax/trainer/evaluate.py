@@ -32,6 +32,21 @@ def eval_preprocessing(config: ml_collections.ConfigDict) -> Preprocessing:
                        config.get('eval_resize', 'bilinear'))
 
 
+# One jitted function per distinct setting: evaluators that agree (a run's extra evaluation
+# sets with the same classes, later runs in the same process) share its trace and compilation.
+@functools.lru_cache(maxsize=16)
+def jitted_eval_step(model, num_classes: int, multilabel: bool, top_k: int,
+                     mesh: jax.sharding.Mesh, compiler_options: tuple[tuple[str, Any], ...],
+                     class_weights: Optional[tuple[float, ...]] = None):
+  """steps.eval_step for these settings, jitted with replicated outputs (the arguments are
+  hashable: compiler options as sorted (name, value) pairs, class weights as a tuple)."""
+  return jax.jit(functools.partial(
+      steps.eval_step, model=model, num_classes=num_classes, multilabel=multilabel,
+      top_k=top_k, class_weights=None if class_weights is None else np.asarray(class_weights,
+                                                                              np.float32)),
+                 out_shardings=sharding.replicated(mesh), compiler_options=dict(compiler_options))
+
+
 class Evaluator:
   """Evaluates sets of variables on a split; compiled once, reused for every evaluation.
 
@@ -56,11 +71,10 @@ class Evaluator:
                                                          source.class_names)
     self.per_class_ap: dict[str, np.ndarray] = {}
     # The jitted evaluation step: (variable sets, global batch) → (sums, rankings).
-    self.step = jax.jit(functools.partial(
-        steps.eval_step, model=model, num_classes=source.num_classes,
-        multilabel=source.multilabel, top_k=self.top_k, class_weights=self.class_weights),
-                        out_shardings=sharding.replicated(mesh),
-                        compiler_options=step_compiler_options(config, model))
+    self.step = jitted_eval_step(
+        model, source.num_classes, source.multilabel, self.top_k, mesh,
+        tuple(sorted(step_compiler_options(config, model).items())),
+        None if self.class_weights is None else tuple(self.class_weights.tolist()))
 
   def __call__(self, variable_sets: dict[str, Any]) -> dict[str, float]:
     """{'count', '<metric><suffix>' ...} averaged over the split (see the class docstring)."""

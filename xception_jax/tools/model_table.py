@@ -1,6 +1,8 @@
 """Layer tables of models: module path, output shape and parameters per module, then totals."""
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,7 +42,10 @@ def summary_rows(model, image_size: int, depth: int) -> tuple[list[tuple[str, st
   return rows, variables
 
 
+# Cached: every training run logs its table, and the trace behind it is the same each time.
+@functools.lru_cache(maxsize=32)
 def format_summary(name: str, model, image_size: int, depth: int) -> str:
+  """The table of `model` at `image_size`: rows down to `depth`, then the totals."""
   rows, variables = summary_rows(model, image_size, depth)
   width = max([len(r[0]) for r in rows] + [6])
   lines = [f'{name} at {image_size}x{image_size}',

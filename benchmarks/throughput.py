@@ -36,7 +36,7 @@ adds variants of our model (`name:option=value,...`, optionally
 `xla_...` is a compiler option over the model's defaults (the config's
 `compiler_options`, e.g. `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`),
 `steps_per_call=N` runs N steps per jitted call as the training loop's option
-of that name does (times are still per step), any other a model option.
+of that name does (training only; times are still per step), any other a model option.
 `--trace-dir DIR` profiles one step of each of our variants after timing it
 (time per XLA operation and the compiled HLO, for finding where a step's time
 goes); `--worker-timeout` abandons a framework that takes longer, keeping
@@ -183,6 +183,7 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   config = recipe(args, options)
   timed = (timing.training_step(config, steps_per_call) if args.mode == 'train' else
            timing.eval_step(config))
+  steps_per_call = timed.steps_per_call   # The evaluation step is one step per call.
   memory = timed.compiled.memory_analysis()
   cost = timed.compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}

@@ -257,3 +257,24 @@ def test_with_bad_images_skip_a_run_trains_and_counts_them(trained, tmp_path):
   skipped = [r['train/skipped_images'] for r in read_metrics(tmp_path / 'run')
              if 'train/skipped_images' in r]
   assert skipped and skipped == sorted(skipped) and skipped[-1] >= 1
+
+
+@pytest.mark.all_devices
+def test_a_save_on_eight_cpu_devices_writes_each_array_whole(tmp_path, monkeypatch):
+  """On CPU one replica writes each replicated array: no slice per device to compile."""
+  import flax
+  import jax
+  import numpy as np
+
+  class State(flax.struct.PyTreeNode):
+    step: jax.Array
+    w: jax.Array
+
+  replicated = jax.sharding.NamedSharding(jax.make_mesh((8,), ('data',)),
+                                          jax.sharding.PartitionSpec())
+  state = jax.device_put(State(np.int32(1), np.arange(64, dtype=np.float32).reshape(8, 8)),
+                         replicated)
+  checkpoints = Checkpoints(tmp_path / 'checkpoints', async_save=False)
+  monkeypatch.setattr(jax.lax, 'slice_in_dim', lambda *args, **kwargs: pytest.fail('sliced'))
+  checkpoints.save(state)
+  np.testing.assert_array_equal(checkpoints.restore_arrays(1)['w'], np.asarray(state.w))

@@ -84,6 +84,19 @@ class StructureMismatch(ValueError):
   """A readable checkpoint holds another state than the config builds (not damage)."""
 
 
+def whole_arrays_on_cpu() -> None:
+  """Orbax writes each array from one replica, as it does on GPUs.
+
+  By default it splits a replicated array between its replicas, each device
+  writing a slice; on CPU the devices share the host's memory, so this only adds
+  one op-by-op compiled slice per array and device to the first save (208
+  compilations, 9 s, for the tiny Xception on eight devices). Orbax's handler
+  registry is process-wide: this sets the jax.Array handler for the process.
+  """
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpoints:
   """Checkpoints of a `TrainState` under `directory`, one per saved step.
 
@@ -92,6 +105,8 @@ class Checkpoints:
 
   def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
     self.directory = Path(directory).absolute()
+    if jax.default_backend() == 'cpu':
+      whole_arrays_on_cpu()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                            enable_async_checkpointing=async_save,
                                            create=True)

@@ -61,9 +61,8 @@ def trained_workdir(tmp_path_factory):
   def make(shared):
     data = shared / 'data'
     make_image_folder(data, classes=4, per_class=4)  # 2 steps per epoch.
-    # On one device like the tests' own runs: session fixtures are made before the per-test
-    # one-device mesh is in place, and on eight devices Orbax's first save compiled a slice
-    # per array and device (208 compiles, 9 s).
+    # On one device like the tests' own runs (trainer_mesh_of_one_device says why): session
+    # fixtures are made before that per-test fixture is in place.
     with pytest.MonkeyPatch.context() as patch:
       one_device_mesh(patch)
       train.train_and_evaluate(config_for(data), str(shared / 'run'))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging as python_logging
 import os
 import re
@@ -84,14 +85,15 @@ class StructureMismatch(ValueError):
   """A readable checkpoint holds another state than the config builds (not damage)."""
 
 
+@functools.cache
 def whole_arrays_on_cpu() -> None:
   """Orbax writes each array from one replica, as it does on GPUs.
 
   By default it splits a replicated array between its replicas, each device
   writing a slice; on CPU the devices share the host's memory, so this only adds
-  one op-by-op compiled slice per array and device to the first save (208
-  compilations, 9 s, for the tiny Xception on eight devices). Orbax's handler
-  registry is process-wide: this sets the jax.Array handler for the process.
+  one op-by-op compiled slice per array and device to the first save. Orbax's
+  handler registry is process-wide: this sets the jax.Array handler for the
+  process, once.
   """
   ocp.type_handlers.register_type_handler(
       jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)

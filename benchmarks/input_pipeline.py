@@ -60,7 +60,7 @@ def measure(root: Path, image_size: int, batch: int, threads: int, repeats: int)
   def one_pass(epoch):
     # The clock starts at the first batch: building an epoch's pipeline (tracing the
     # preprocessing) is a once-per-epoch cost, negligible over ImageNet's 1.28M images.
-    batches = stream.epoch(epoch).with_options(options).as_numpy_iterator()
+    batches = pipeline.numpy_batches(stream.epoch(epoch).with_options(options))
     next(batches)
     started = time.perf_counter()
     for _ in batches:

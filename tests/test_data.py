@@ -1,4 +1,6 @@
 """Input pipeline: Inception preprocessing, resumable training stream, exact evaluation."""
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -112,6 +114,41 @@ def test_evaluation_counts_every_example_exactly_once(tmp_path, process_count):
       seen.extend(image_ids(b['image'])[b['mask'] == 1])
   assert len(batch_counts) == 1  # Every process runs the same number of steps.
   assert sorted(seen) == list(range(15, 30))  # The 15 test images, each once.
+
+
+@pytest.mark.parametrize('read', ['all', 'two'])
+def test_an_iterator_is_destroyed_off_the_loops_thread(read):
+  """Destroying a tf.data iterator can wait seconds for its autotuning thread: the loop that
+  read it goes on while a background thread does it, whether it read everything or not."""
+  destroyed = []
+
+  class Iterator:
+    def __init__(self):
+      self.values = iter(range(5))
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      return next(self.values)
+
+    def __del__(self):
+      destroyed.append(threading.current_thread())
+
+  class Dataset:
+    def as_numpy_iterator(self):
+      return Iterator()
+
+  batches = pipeline.numpy_batches(Dataset())
+  got = list(batches) if read == 'all' else [next(batches), next(batches)]
+  if read == 'two':
+    batches.close()
+  assert got == list(range(5 if read == 'all' else 2))
+  for thread in threading.enumerate():
+    if thread.name == 'tf-data-iterator-release':
+      thread.join()
+  assert len(destroyed) == 1 and destroyed[0] is not threading.current_thread()
+  assert destroyed[0].name == 'tf-data-iterator-release'
 
 
 def test_folder_source_errors(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -84,6 +85,22 @@ def prepared_batches(ds: tf.data.Dataset, prepare, batch_size: int, mode: str = 
 
   return ds.batch(batch_size, drop_remainder=drop_remainder).interleave(
       one_batch, cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def numpy_batches(ds: tf.data.Dataset) -> Iterator:
+  """`ds`'s elements as numpy values; once they end (or the caller stops early), the
+  iterator is destroyed on a background thread.
+
+  Destroying a tf.data iterator waits for its autotuning thread to wake from a sleep
+  that grows while the iterator runs (seconds by the end of an epoch). On the loop's
+  own thread that wait stalled training at each epoch's end and evaluation after its
+  last batch; TensorFlow releases the GIL while it waits, so another thread hides it.
+  """
+  holder = [ds.as_numpy_iterator()]
+  try:
+    yield from holder[0]
+  finally:
+    threading.Thread(target=holder.clear, name='tf-data-iterator-release', daemon=True).start()
 
 
 def files_of_batch(ds: tf.data.Dataset, batch_size: int, index: int) -> list[str]:
@@ -173,7 +190,7 @@ class TrainStream:
       files = lambda index, epoch=epoch, skip=skip: files_of_batch(
           self.pairs(epoch), self.local_batch_size, skip + index)
       read = 0
-      for batch in naming_bad_images(self.epoch(epoch, skip).as_numpy_iterator(), files,
+      for batch in naming_bad_images(numpy_batches(self.epoch(epoch, skip)), files,
                                      f'{self.split} split, epoch {epoch}'):
         if 'skipped' in batch:
           self.skipped.add(int(batch.pop('skipped').sum()), lambda: files(read))

@@ -87,7 +87,7 @@ class Evaluator:
     files_of = lambda index: pipeline.eval_files_of_batch(
         self.source, self.split, self.local_batch, index, jax.process_index(),
         jax.process_count())
-    batches = pipeline.naming_bad_images(dataset.as_numpy_iterator(), files_of,
+    batches = pipeline.naming_bad_images(pipeline.numpy_batches(dataset), files_of,
                                          f'{self.split} split (evaluation)')
     for batch in batches:
       sums, ranked = jax.device_get(self.step(variable_sets, sharding.global_batch(batch,

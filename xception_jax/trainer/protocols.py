@@ -103,7 +103,7 @@ def evaluate(members: dict[str, Predictor], source: sources.Source, split: str,
         source, split, local_batch, member.preprocessing, crops=scheme,
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_examples=num_examples)
-    streams.append(dataset.as_numpy_iterator())
+    streams.append(pipeline.numpy_batches(dataset))
     model = member.model
     steps.append(jax.jit(lambda v, b, model=model: (_probabilities(model, v, b['image']),
                                                     b['label'], b['mask']),

@@ -100,7 +100,8 @@ def check_training_step(variables, loss, state, grads):
   """What every model's training step must give: a finite loss, a finite non-zero gradient
   for every parameter, and every BN moving statistic updated."""
   assert np.isfinite(float(loss))
-  norms = {jax.tree_util.keystr(path): float(jnp.linalg.norm(g))
+  # In numpy: jnp.linalg.norm would compile a program for every parameter shape.
+  norms = {jax.tree_util.keystr(path): float(np.linalg.norm(np.asarray(g, np.float64)))
            for path, g in jax.tree_util.tree_leaves_with_path(grads)}
   assert all(np.isfinite(list(norms.values()))), norms
   assert min(norms.values()) > 0, [k for k, v in norms.items() if v == 0]

@@ -15,7 +15,8 @@ from xception_jax.trainer.metric_writers import read_metrics
 
 def max_difference(a, b) -> float:
   """Largest |a − b| over the leaves of two trees."""
-  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)))
 
 
 @pytest.mark.long(seconds=110)

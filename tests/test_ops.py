@@ -41,8 +41,9 @@ def conv_module(impls, features, kernel, stride, groups, padding='SAME'):
 
 
 def module_value_and_grads(module, x):
-  variables = module.init(jax.random.PRNGKey(1), x)
-  return variables, value_and_grads(lambda v, x: module.apply(v, x), variables, x)
+  """`module`'s variables, and its output and gradients, each computed by one program."""
+  variables = jax.jit(module.init)(jax.random.PRNGKey(1), x)
+  return variables, jax.jit(functools.partial(value_and_grads, module.apply))(variables, x)
 
 
 @pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
@@ -156,7 +157,7 @@ def test_shifted_max_pool_gradient_after_fused_batch_norm():
     block = models.xception.XceptionModule((128, 128), sep=sep, conv=conv, norm=norm,
                                            max_pool=models.Execution(pool=form).max_pool(),
                                            downsample=True, relu_first=False)
-    variables = block.init(jax.random.PRNGKey(1), x)
+    variables = jax.jit(block.init)(jax.random.PRNGKey(1), x)
     def loss(params, x):
       y, _ = block.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
       return jnp.sum(jnp.sin(y))

@@ -118,11 +118,13 @@ class AuxNet(nn.Module):
 
 def test_aux_logits_add_weighted_loss():
   model, data = AuxNet(), batch(n=8, size=8)
-  state = create_train_state(model, optax.sgd(0.0), 8, jax.random.PRNGKey(0))
+  state = initial_state(model, optax.sgd(0.0), 8)
   config = steps.StepConfig(num_classes=5, aux_loss_weight=0.4)
-  _, metrics = steps.train_step(state, jax.tree.map(jnp.asarray, data), model=model,
-                                tx=optax.sgd(0.0), schedule=lambda s: 0.0, config=config)
-  logits, aux = model.apply({'params': state.params}, data['image'], train=True)
+  _, metrics = jax.jit(functools.partial(  # Jitted: op by op, XLA compiles every operation.
+      steps.train_step, model=model, tx=optax.sgd(0.0), schedule=lambda s: 0.0,
+      config=config))(state, jax.tree.map(jnp.asarray, data))
+  logits, aux = jax.jit(functools.partial(model.apply, train=True))({'params': state.params},
+                                                                     data['image'])
   ce = optax.softmax_cross_entropy_with_integer_labels
   expected = ce(logits, data['label']).mean() + 0.4 * ce(aux, data['label']).mean()
   assert float(metrics['loss']) == pytest.approx(float(expected), rel=1e-6)

@@ -12,7 +12,6 @@ from jax.sharding import Mesh
 from helpers import initial_state
 from xception_jax import models
 from xception_jax.trainer import sharding, steps
-from xception_jax.trainer.state import create_train_state
 
 
 def tiny_xception():

@@ -19,7 +19,7 @@ def images(seed=1, batch=2):
   return np.random.default_rng(seed).uniform(-1, 1, (batch, SIZE, SIZE, 3)).astype('float32')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')  # Built once per worker (test_keras_xception.py says why).
 def backbone():
   model = keras.applications.Xception(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
   randomize_batch_norm(model, seed=0)

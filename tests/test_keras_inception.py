@@ -1,4 +1,6 @@
 """Inception-V3 and Inception-ResNet-v2 equal Keras' applications carrying the same weights."""
+import functools
+
 import jax
 import keras
 import numpy as np
@@ -16,13 +18,20 @@ def images(size, seed=1, batch=2):
   return np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)).astype('float32')
 
 
-@pytest.fixture(scope='module', params=list(APPLICATIONS))
-def reference(request):
-  """(name, Keras model at 299 with random BN statistics, our converted variables)."""
-  name = request.param
+@functools.cache
+def keras_reference(name):
+  """(Keras model at 299 with random BN statistics, our converted variables), built once per
+  worker: a parametrised fixture of any scope keeps only its latest parameter, and the suite
+  runs long tests first, so the two models' tests alternate. Tests must not change them."""
   model = APPLICATIONS[name](weights=None, classifier_activation=None)
   randomize_batch_norm(model, seed=0)
-  return name, model, weights.from_keras(name, model)
+  return model, weights.from_keras(name, model)
+
+
+@pytest.fixture(params=list(APPLICATIONS))
+def reference(request):
+  """(name, Keras model at 299 with random BN statistics, our converted variables)."""
+  return request.param, *keras_reference(request.param)
 
 
 @pytest.mark.long

@@ -10,14 +10,16 @@ from xception_jax import models, weights
 TOLERANCE = 1e-4  # Max abs difference allowed on float32 logits / features.
 
 
-@pytest.fixture(scope='module')
+# Session-wide: the suite runs long tests first, so a module's tests do not run in a row and
+# a module-scoped Keras model was built again for each of them. Tests must not change it.
+@pytest.fixture(scope='session')
 def keras_xception():
   model = keras.applications.Xception(weights=None, classifier_activation=None)
   randomize_batch_norm(model, seed=0)
   return model
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def converted(keras_xception):
   return weights.from_keras('xception', keras_xception)
 

@@ -48,7 +48,7 @@ def total(variables) -> float:
   return sum(float(np.abs(np.asarray(x, np.float64)).sum()) for x in jax.tree.leaves(variables))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')  # Once per worker (test_keras_xception.py says why).
 def keras_notop_file(tmp_path_factory):
   """The official no-top Xception weights file's format, with random weights (and the
   Keras model, whose conversion is the expected result)."""

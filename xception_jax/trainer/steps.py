@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from xception_jax.trainer import losses
 from xception_jax.trainer import multilabel as multilabel_metrics
@@ -73,6 +75,18 @@ def forward_train(model, params, batch_stats, images, rng, bn_groups: int,
   return outputs, jax.tree.map(lambda s: s.mean(axis=0), state['batch_stats'])
 
 
+def _either(condition: jnp.ndarray, new: jnp.ndarray, old: jnp.ndarray) -> jnp.ndarray:
+  """jnp.where(condition, new, old) for a scalar condition and arrays of one shape.
+
+  Written with lax.select: jnp.where traces as a program nested in the step for each leaf of
+  the state, which every run then traces and lowers before its first step; XLA compiles both
+  forms to the same operations.
+  """
+  dtype = jnp.result_type(new, old)   # jnp.where's promotion (float64 tests mix in float32).
+  return lax.select(lax.broadcast(condition, jnp.shape(new)),
+                    lax.convert_element_type(new, dtype), lax.convert_element_type(old, dtype))
+
+
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                config: StepConfig) -> tuple[TrainState, dict[str, jnp.ndarray]]:
@@ -108,7 +122,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # A non-finite step leaves the state as it was (the batch still counts as consumed), so
   # a NaN can never reach the parameters or a checkpoint; the loop decides to stop or skip.
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  new_state = jax.tree.map(functools.partial(_either, finite), updated, state)
   metrics = {
       'loss': loss,
       'cross_entropy': cross_entropy,

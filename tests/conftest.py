@@ -84,6 +84,15 @@ def digits_data_dir(tmp_path_factory) -> str:
   return str(made_once_per_session(tmp_path_factory, 'digits_data_dir', make))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def keras_initial_values_from_numpy():
+  """Keras models, the references and those our converter loads, start from numpy-made
+  values (keras_helpers.numpy_initial_values says why)."""
+  from keras_helpers import numpy_initial_values
+  with numpy_initial_values():
+    yield
+
+
 @pytest.fixture(autouse=True)
 def trainer_mesh_of_one_device(request, monkeypatch):
   """The trainer's mesh is the first device, unless a test is marked `all_devices`.

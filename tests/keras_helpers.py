@@ -21,14 +21,15 @@ def numpy_initial_values() -> Iterator[None]:
   stay seeded as Keras seeds them (`keras.utils.set_random_seed`, a layer's own seed) and
   keep their distributions; inside jitted code (a traced seed) Keras's own functions run.
   """
-  def rng(seed):
-    return np.random.default_rng(np.asarray(draw_seed(seed)).astype(np.uint32))
+  def floatx(dtype):
+    return dtype or keras.config.floatx()
 
-  def numpy_or_keras(keras_function, sample):
+  def seeded(keras_function, sample):
     def draw(shape, *args, dtype=None, seed=None, **kwargs):
       if isinstance(seed, jax.core.Tracer):
         return keras_function(shape, *args, dtype=dtype, seed=seed, **kwargs)
-      return sample(rng(seed), shape, *args, **kwargs).astype(dtype or keras.config.floatx())
+      generator = np.random.default_rng(np.asarray(draw_seed(seed)).astype(np.uint32))
+      return sample(generator, shape, *args, **kwargs).astype(floatx(dtype))
     return draw
 
   def truncated(generator, shape, mean=0.0, stddev=1.0):
@@ -37,22 +38,23 @@ def numpy_initial_values() -> Iterator[None]:
       x[outside] = generator.standard_normal(outside.sum())
     return x * stddev + mean
 
-  replaced = {
-      (keras_jax_random, 'uniform'): lambda g, shape, minval=0.0, maxval=1.0:
-          g.uniform(minval, maxval, shape),
-      (keras_jax_random, 'normal'): lambda g, shape, mean=0.0, stddev=1.0:
-          g.normal(mean, stddev, shape),
-      (keras_jax_random, 'truncated_normal'): truncated,
+  replacements = {
+      (keras_jax_random, 'uniform'): seeded(
+          keras_jax_random.uniform,
+          lambda g, shape, minval=0.0, maxval=1.0: g.uniform(minval, maxval, shape)),
+      (keras_jax_random, 'normal'): seeded(
+          keras_jax_random.normal,
+          lambda g, shape, mean=0.0, stddev=1.0: g.normal(mean, stddev, shape)),
+      (keras_jax_random, 'truncated_normal'): seeded(keras_jax_random.truncated_normal,
+                                                     truncated),
+      (constant_initializers.Zeros, '__call__'):
+          lambda self, shape, dtype=None: np.zeros(shape, floatx(dtype)),
+      (constant_initializers.Ones, '__call__'):
+          lambda self, shape, dtype=None: np.ones(shape, floatx(dtype)),
   }
-  saved = {key: getattr(*key) for key in replaced}
-  saved.update({(c, '__call__'): c.__call__
-                for c in (constant_initializers.Zeros, constant_initializers.Ones)})
-  for (module, name), sample in replaced.items():
-    setattr(module, name, numpy_or_keras(saved[module, name], sample))
-  constant_initializers.Zeros.__call__ = lambda self, shape, dtype=None: np.zeros(
-      shape, dtype or keras.config.floatx())
-  constant_initializers.Ones.__call__ = lambda self, shape, dtype=None: np.ones(
-      shape, dtype or keras.config.floatx())
+  saved = {key: getattr(*key) for key in replacements}
+  for (owner, name), value in replacements.items():
+    setattr(owner, name, value)
   try:
     yield
   finally:

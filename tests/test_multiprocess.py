@@ -24,11 +24,13 @@ def test_two_processes_equal_one_resume_and_stop_together_on_sigterm(tmp_path):
   """2 processes × 2 devices train as 1 × 4; the 2-process run resumes from its checkpoint,
   and on SIGTERM both processes stop at one step with a readable checkpoint there."""
   data = make_image_folder(tmp_path / 'data', classes=4, per_class=10)
-  # Global-batch BN and a modest learning rate keep the comparison readable: float32
-  # summation-order noise is ~1e-7 after one step, but BN's backward pass (a long, cancelling
-  # reduction) amplifies it ~100x per step in the depthwise kernels of this tiny random net.
+  # Global-batch BN and a small learning rate keep the comparison readable: float32
+  # summation-order noise is ~1e-7 after one step, and BN's backward pass (a long, cancelling
+  # reduction) amplifies it with every step in proportion to the learning rate. At 0.005 the
+  # parameters and BN variances differed by up to 1.1e-3 after three steps on an AMD CPU;
+  # at 0.001, on the same CPU, by 9e-6 and 4e-5, so bars of 2e-4 leave room for other CPUs.
   flags = dict(config__total_steps=3, config__batch_size=16, config__batch_norm='global',
-               config__learning_rate=0.005)
+               config__learning_rate=0.001)
   runs = {}
   for processes, devices in ((2, 2), (1, 4)):
     workdir = tmp_path / f'{processes}x{devices}'
@@ -44,14 +46,14 @@ def test_two_processes_equal_one_resume_and_stop_together_on_sigterm(tmp_path):
   two, one = runs[2], runs[1]
   # The same global batches in the same order: equal losses, step after step.
   np.testing.assert_allclose(two['train'][:2], one['train'][:2], rtol=1e-5)
-  np.testing.assert_allclose(two['train'], one['train'], rtol=1e-3)
+  np.testing.assert_allclose(two['train'], one['train'], rtol=1e-4)
   after_one = max_difference(two['step1']['params'], one['step1']['params'])
   after_three = max_difference(two['step3']['params'], one['step3']['params'])
   print(f'2x2 vs 1x4: max abs parameter difference after 1 step {after_one:.2e}, '
         f'after 3 steps {after_three:.2e}')
   assert after_one < 1e-5
-  assert after_three < 1e-3
-  assert max_difference(two['step3']['batch_stats'], one['step3']['batch_stats']) < 1e-3
+  assert after_three < 2e-4
+  assert max_difference(two['step3']['batch_stats'], one['step3']['batch_stats']) < 2e-4
   assert two['eval']['count'] == one['eval']['count'] == 40
   for key in ('top1', 'top5', 'top1_ema', 'top5_ema'):
     assert abs(two['eval'][key] - one['eval'][key]) <= 1 / 40  # At most one borderline example.

@@ -77,8 +77,6 @@ FRAMEWORKS = ('ours', 'timm', 'timm-cl', 'keras')
 RECIPES = {'xception': 'configs/imagenet.py', 'inception_v3': 'configs/inception_v3.py',
            'inception_v4': 'configs/inception_v4.py',
            'inception_resnet_v2': 'configs/inception_resnet_v2.py'}
-# Variant options that are fields of models.Execution (how operations are computed).
-EXECUTION_FIELDS = ('depthwise', 'pointwise', 'conv', 'pool', 'norm', 'remat')
 # Dense bfloat16 tensor-core TFLOP/s and memory TB/s, by a substring of JAX's
 # device_kind (vendor data sheets). float32 steps are bounded with half the
 # TFLOP/s: XLA runs float32 GPU matrix products as TF32 by default.
@@ -159,13 +157,16 @@ def recipe(args, options: Optional[dict[str, Any]] = None):
   """The config whose training step is timed: --config, else the model's recipe, at the
   benchmark's model, batch, input size and dtype; `options` set execution forms (the fields
   of `models.Execution`) and model options."""
+  import dataclasses
+  from xception_jax.models import Execution
   from xception_jax.trainer.config_defaults import load_config
+  execution_fields = {field.name for field in dataclasses.fields(Execution)}
   config = load_config(args.config or RECIPES[args.model])
   config.model, config.batch_size, config.eval_batch_size = args.model, args.batch, 0
   config.image_size, config.dtype = args.image_size, args.dtype
   xla = []
   for key, value in (options or {}).items():
-    if key in EXECUTION_FIELDS:
+    if key in execution_fields:
       config.execution[key] = value
     elif key.startswith('xla_'):
       xla.append(f'{key}={value}')

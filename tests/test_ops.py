@@ -238,7 +238,7 @@ def test_the_form_pair_that_aborted_xla_on_a_gpu_warns_there(monkeypatch, caplog
     # Training-mode BN over Inception-V3's last, 1×1 maps of 2 images is so
     # ill-conditioned that float32 XLA is itself ~20% off its float64 result:
     # compare in float64.
-    ('inception_v3', 75, dict(), jnp.float64, 1e-9),
+    ('inception_v3', 75, dict(avg_pool='after_pointwise'), jnp.float64, 1e-9),
 ], ids=['xception', 'inception_v3'])
 def test_fast_forms_match_reference_in_training(name, size, forms, dtype, tol):
   """The whole model: same parameters, same logits, BN statistics and gradients."""
@@ -254,6 +254,55 @@ def test_fast_forms_match_reference_in_training(name, size, forms, dtype, tol):
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), dtype, -1, 1)
     assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
                  tol=tol)
+
+
+def equations(jaxpr):
+  """Every equation of `jaxpr` and of the programs nested in it."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        sub = getattr(sub, 'jaxpr', sub)
+        if hasattr(sub, 'eqns'):
+          yield from equations(sub)
+
+
+@pytest.mark.parametrize('count_include_pad', [False, True], ids=['tf', 'pytorch'])
+def test_average_pool_after_the_pointwise_conv_equals_it_before(count_include_pad):
+  """An Inception block's pooling branch with its 1×1 conv first: the same outputs and
+  gradients. A pool before a 3×3 conv (borders differ) or with a stride stays first."""
+  from xception_jax.models.inception_blocks import AVG, Conv, InceptionBlock, Pool
+  branches = ((Conv(4, 1),), (AVG, Conv(3, 1)), (AVG, Conv(5, 3)),
+              (Pool('avg', 3, 2, 'SAME'), Conv(2, 1, 2)))
+  with jax.enable_x64():
+    conv, norm = layers.conv_and_norm_defs(
+        train=True, dtype=jnp.float64, param_dtype=jnp.float64, bn_momentum=0.9,
+        bn_epsilon=1e-3, bn_scale=True, execution=models.Execution.reference())
+    blocks = [InceptionBlock(branches[:3], conv, norm, max_pool=None,
+                             count_include_pad=count_include_pad, avg_pool_after_pointwise=after)
+              for after in (False, True)]
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 6), jnp.float64)
+    variables = blocks[0].init(jax.random.PRNGKey(1), x)
+
+    def run(block):
+      def loss(params, x):
+        y, state = block.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+        return jnp.sum(jnp.sin(y)), (y, state)
+      grads, outputs = jax.grad(loss, argnums=(0, 1), has_aux=True)(variables['params'], x)
+      pooled = {e.invars[0].aval.shape[-1] for e in equations(jax.make_jaxpr(
+          lambda x: block.apply(variables, x, mutable=['batch_stats']))(x).jaxpr)
+                if e.primitive.name == 'reduce_window_sum'}
+      return (grads, outputs), pooled
+
+    (before, pooled_before), (after, pooled_after) = map(run, blocks)
+    assert_close(after, before, tol=1e-12)
+    assert 6 in pooled_after and 3 in pooled_after and 3 not in pooled_before  # It moved.
+    strided = [InceptionBlock(branches[3:], conv, norm, max_pool=None,
+                              avg_pool_after_pointwise=after) for after in (False, True)]
+    strided_variables = strided[0].init(jax.random.PRNGKey(1), x)
+    assert str(jax.make_jaxpr(lambda x: strided[1].apply(strided_variables, x, mutable=[
+        'batch_stats']))(x)) == str(jax.make_jaxpr(lambda x: strided[0].apply(
+            strided_variables, x, mutable=['batch_stats']))(x))   # Left as it was.
 
 
 def batch_norm_run(layer, variables, x, train):

@@ -46,6 +46,7 @@ TABLE = {
     'eval_every_steps': (2.5, COUNT),
     'eval_only': ('no', BOOLEAN),
     'eval_split': ('', 'a non-empty string'),
+    'execution.avg_pool': ('fused', "one of 'auto', 'xla', 'after_pointwise'"),
     'execution.conv': ('winograd', "one of 'auto', 'xla', 'im2col'"),
     'execution.depthwise': ('fft', "one of 'auto', 'xla', 'shifted'"),
     'execution.norm': ('sync', "one of 'auto', 'xla', 'fused'"),

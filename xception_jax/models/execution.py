@@ -27,13 +27,15 @@ FORMS = {'depthwise': ('xla', 'shifted'),
          'pointwise': ('xla', 'dot'),
          'conv': ('xla', 'im2col'),
          'pool': ('xla', 'shifted'),
+         'avg_pool': ('xla', 'after_pointwise'),
          'norm': ('xla', 'fused')}
 
 # What 'auto' picks per backend (measured: docs/performance.md). CPU: every
 # fast form but im2col, which XLA's own convs beat under `compiler_options()`.
 # GPU: cuDNN's convs, grouped ones included, and the fused batch norm. TPU and
 # anything unmeasured: XLA's forms.
-AUTO = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted', 'norm': 'fused'},
+AUTO = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
+                'avg_pool': 'after_pointwise', 'norm': 'fused'},
         'gpu': {'norm': 'fused'}}
 
 # The fields models had before `execution` existed, still accepted by `create_model`.
@@ -50,6 +52,9 @@ class Execution:
   pointwise  'xla': 1×1 `lax.conv_general_dilated`; 'dot': one matrix product.
   conv       other convs. 'xla'; 'im2col': one matrix product over the input's patches.
   pool       max pooling. 'xla': `nn.max_pool`; 'shifted': maximum of shifted windows.
+  avg_pool   an Inception branch's 3×3 average pool and the 1×1 conv after it. 'xla': the
+             pool, then the conv; 'after_pointwise': the conv, then the pool over its fewer
+             channels (both are linear and the conv has no bias: the same values).
   norm       batch norm. 'xla': `nn.BatchNorm`; 'fused': `ops.batch_norm.FusedBatchNorm`.
   remat      recompute each block's activations in the backward pass (less memory).
   """
@@ -57,6 +62,7 @@ class Execution:
   pointwise: str = 'auto'
   conv: str = 'auto'
   pool: str = 'auto'
+  avg_pool: str = 'auto'
   norm: str = 'auto'
   remat: bool = False
 

@@ -48,11 +48,11 @@ Branch = tuple[Step, ...]
 
 
 def conv_bn(spec: Conv, conv: ModuleDef, norm: ModuleDef, width_multiplier: float,
-            name: str) -> ConvBN:
+            name: str, before_norm: Optional[Callable] = None) -> ConvBN:
   """The ConvBN module for `spec`, its width scaled."""
   kernel = (spec.kernel, spec.kernel) if isinstance(spec.kernel, int) else spec.kernel
   return ConvBN(scaled_channels(spec.features, width_multiplier), kernel, conv, norm,
-                strides=spec.stride, padding=spec.padding, name=name)
+                strides=spec.stride, padding=spec.padding, before_norm=before_norm, name=name)
 
 
 def pool(x: jnp.ndarray, spec: Pool, max_pool: Callable,
@@ -61,6 +61,16 @@ def pool(x: jnp.ndarray, spec: Pool, max_pool: Callable,
   if spec.kind == 'max':
     return max_pool(x, spec.window, spec.stride, spec.padding)
   return avg_pool(x, spec.window, spec.stride, spec.padding, count_include_pad)
+
+
+def commutes_with_next(branch: Branch, k: int) -> bool:
+  """Step k is a stride-1 average pool and step k + 1 a stride-1 1×1 conv: as both are
+  linear (the conv has no bias, and a zero-padded border stays zero through it), the
+  conv may run first and the pool on its output, which has fewer channels."""
+  step, following = branch[k], branch[k + 1] if k + 1 < len(branch) else None
+  return (isinstance(step, Pool) and step.kind == 'avg' and step.stride == 1
+          and isinstance(following, Conv) and following.kernel in (1, (1, 1))
+          and following.stride == 1)
 
 
 class InceptionBlock(nn.Module):
@@ -79,6 +89,8 @@ class InceptionBlock(nn.Module):
   count_include_pad: bool = False
   residual_scale: Optional[float] = None
   activation: Activation = nn.relu
+  # Execution.avg_pool == 'after_pointwise': a branch's average pool runs after its 1×1 conv.
+  avg_pool_after_pointwise: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -86,16 +98,22 @@ class InceptionBlock(nn.Module):
                               width_multiplier=self.width_multiplier)
     outputs = []
     for i, branch in enumerate(self.branches):
-      y, j = x, 0
-      for step in branch:
+      y, j, deferred_pool = x, 0, None
+      for k, step in enumerate(branch):
         if isinstance(step, Pool):
-          y = pool(y, step, self.max_pool, self.count_include_pad)
+          pool_step = functools.partial(pool, spec=step, max_pool=self.max_pool,
+                                        count_include_pad=self.count_include_pad)
+          if self.avg_pool_after_pointwise and commutes_with_next(branch, k):
+            deferred_pool = pool_step
+          else:
+            y = pool_step(y)
           continue
         if isinstance(step, Split):
-          y = jnp.concatenate([layer(s, name=f'branch{i}_{j}{"ab"[k]}')(y)
-                               for k, s in enumerate(step.convs)], axis=-1)
+          y = jnp.concatenate([layer(s, name=f'branch{i}_{j}{"ab"[m]}')(y)
+                               for m, s in enumerate(step.convs)], axis=-1)
         else:
-          y = layer(step, name=f'branch{i}_{j}')(y)
+          y = layer(step, name=f'branch{i}_{j}', before_norm=deferred_pool)(y)
+          deferred_pool = None
         j += 1
       outputs.append(y)
     y = jnp.concatenate(outputs, axis=-1)
@@ -154,9 +172,10 @@ class InceptionBase(nn.Module):
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
         execution=self.execution)
     max_pool = self.execution.max_pool()
-    block = functools.partial(self.execution.block(InceptionBlock), conv=conv, norm=norm,
-                              max_pool=max_pool, width_multiplier=self.width_multiplier,
-                              count_include_pad=self.avg_pool_count_include_pad)
+    block = functools.partial(
+        self.execution.block(InceptionBlock), conv=conv, norm=norm, max_pool=max_pool,
+        width_multiplier=self.width_multiplier, count_include_pad=self.avg_pool_count_include_pad,
+        avg_pool_after_pointwise=self.execution.resolved().avg_pool == 'after_pointwise')
     layer = functools.partial(conv_bn, conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier)
     features = {}

@@ -95,7 +95,11 @@ def conv_and_norm_defs(*, train: bool, dtype: Any, param_dtype: Any, bn_momentum
 
 
 class ConvBN(nn.Module):
-  """conv (no bias) → batch norm → activation (ReLU unless None)."""
+  """conv (no bias) → batch norm → activation (ReLU unless None).
+
+  `before_norm`, if given, is applied to the conv's output before the norm (an Inception
+  branch's average pool moved after its 1×1 conv: `Execution.avg_pool`).
+  """
   features: int
   kernel_size: Sequence[int]
   conv: ModuleDef
@@ -103,11 +107,14 @@ class ConvBN(nn.Module):
   strides: int = 1
   padding: str = 'SAME'
   activation: Activation = nn.relu
+  before_norm: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None
 
   @nn.compact
   def __call__(self, x):
     x = self.conv(self.features, tuple(self.kernel_size), (self.strides, self.strides),
                   padding=self.padding, name='conv')(x)
+    if self.before_norm is not None:
+      x = self.before_norm(x)
     x = self.norm(name='bn')(x)
     return x if self.activation is None else self.activation(x)
 

@@ -382,11 +382,19 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
 
 
 def machine() -> str:
+  """The CPU, with its family and model numbers and widest vector instructions (a VM's
+  model name alone, 'AMD EPYC', does not tell its generation), cores and kernel."""
   cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
+      fields = dict(line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines()
+                    if ':' in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = fields.get('flags', '').split()
+    vectors = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'
+    cpu = (f"{fields['model name']} (family {fields.get('cpu family', '?')}, "
+           f"model {fields.get('model', '?')}, {vectors})")
+  except (OSError, KeyError):
     pass
   return f'{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
 

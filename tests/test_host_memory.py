@@ -1,4 +1,4 @@
-"""The main job asks glibc's malloc for huge pages where the machine allows it, and only there."""
+"""The main job runs with tcmalloc, else glibc's malloc asking for huge pages, where that helps."""
 import os
 import subprocess
 import sys
@@ -8,45 +8,67 @@ import pytest
 from xception_jax.trainer import host_memory
 
 ON = 'glibc.malloc.hugetlb=1'
-
-
-ADDED = {'XCEPTION_JAX_ADDED_TUNABLE': ON}
+TC = 'libtcmalloc_minimal.so.4'
+QUIET = {'TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD': str(1 << 50)}
+HUGE = {'GLIBC_TUNABLES': ON, 'XCEPTION_JAX_ADDED_MALLOC': ON}
+TCMALLOC = {'LD_PRELOAD': TC, **QUIET, 'XCEPTION_JAX_ADDED_MALLOC': TC}
 GPU = ['/dev/nvidia0']
+GOOD = ((2, 36), 'madvise')   # glibc and kernel that allow huge pages
+NEITHER = 'no tcmalloc installed'
+KERNEL = 'huge pages left to the kernel'
 
 
-@pytest.mark.parametrize('environ, libc, mode, devices, argv, tunables, reason', [
-    ({}, (2, 36), 'madvise', [], [], ON, 'on: glibc.malloc.hugetlb=1 to be added by xception_jax'),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, (2, 35), 'madvise', [], [],
-     'glibc.malloc.arena_max=2:' + ON, 'on: '),
-    ({'JAX_PLATFORMS': 'cpu'}, (2, 36), 'madvise', GPU, [], ON, 'on: '),   # CPU asked for.
+@pytest.mark.parametrize('environ, host, devices, argv, tcmalloc, added, reason', [
+    # tcmalloc where installed, else huge pages.
+    ({}, GOOD, [], [], TC, TCMALLOC, f'on: {TC} to be added by xception_jax'),
+    ({}, GOOD, [], [], None, HUGE, f'on: {ON} to be added by xception_jax (no tcmalloc'),
+    ({'XCEPTION_JAX_MALLOC': 'tcmalloc'}, GOOD, [], [], TC, TCMALLOC, 'on: '),
+    ({'XCEPTION_JAX_MALLOC': 'huge-pages'}, GOOD, [], [], TC, HUGE, 'on: '),
+    ({'LD_PRELOAD': 'libprofiler.so'}, GOOD, [], [], TC,
+     {**TCMALLOC, 'LD_PRELOAD': f'libprofiler.so {TC}'}, 'on: '),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, ((2, 35), 'madvise'), [], [], None,
+     {**HUGE, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:' + ON}, 'on: '),
+    ({'JAX_PLATFORMS': 'cpu'}, GOOD, GPU, [], TC, TCMALLOC, 'on: '),   # CPU asked for.
     # Yours, and ours after the re-execution, told apart.
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, (2, 36), 'madvise', [], [], None,
+    ({'LD_PRELOAD': 'libjemalloc.so.2'}, GOOD, [], [], TC, None,
+     'as you set it: LD_PRELOAD=libjemalloc.so.2'),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, GOOD, [], [], TC, None,
      'as you set them: GLIBC_TUNABLES=glibc.malloc.hugetlb=0'),
-    ({'GLIBC_TUNABLES': ON}, (2, 36), 'madvise', [], [], None, 'as you set them: '),
-    ({'GLIBC_TUNABLES': ON, **ADDED}, (2, 36), 'madvise', [], [], None,
-     'on: glibc.malloc.hugetlb=1 added by xception_jax'),
-    # Where it cannot help.
-    ({'XCEPTION_JAX_HUGE_PAGES': '0'}, (2, 36), 'madvise', [], [], None,
-     'off: XCEPTION_JAX_HUGE_PAGES=0'),
-    ({}, (2, 36), 'madvise', [], ['--config=x.py', '--helpfull'], None, 'off: help only'),
-    ({}, (2, 36), 'madvise', GPU, [], None, 'off: accelerator host (/dev/nvidia0'),
-    ({'JAX_PLATFORMS': 'tpu'}, (2, 36), 'madvise', [], [], None, 'off: JAX_PLATFORMS=tpu'),
-    ({'JAX_PLATFORMS': 'cuda,cpu'}, (2, 36), 'madvise', [], [], None, 'off: JAX_PLATFORMS='),
-    ({}, (2, 34), 'madvise', [], [], None, 'off: needs glibc 2.35'),
-    ({}, None, 'madvise', [], [], None, 'off: needs glibc 2.35'),
-    ({}, (2, 36), 'always', [], [], None, 'left to the kernel: transparent huge pages always'),
-    ({}, (2, 36), 'never', [], [], None, 'left to the kernel: transparent huge pages never'),
-    ({}, (2, 36), None, [], [], None, 'left to the kernel: transparent huge pages unknown'),
+    (TCMALLOC, GOOD, [], [], TC, None, f'on: {TC} added by xception_jax'),
+    (HUGE, GOOD, [], [], None, None, f'on: {ON} added by xception_jax'),
+    # Where it cannot help, or is not wanted.
+    ({'XCEPTION_JAX_MALLOC': 'system'}, GOOD, [], [], TC, None, 'off: XCEPTION_JAX_MALLOC=system'),
+    ({}, GOOD, [], ['--config=x.py', '--helpfull'], TC, None, 'off: help only'),
+    ({}, GOOD, GPU, [], TC, None, 'off: accelerator host (/dev/nvidia0'),
+    ({'JAX_PLATFORMS': 'tpu'}, GOOD, [], [], TC, None, 'off: JAX_PLATFORMS=tpu'),
+    ({'JAX_PLATFORMS': 'cuda,cpu'}, GOOD, [], [], TC, None, 'off: JAX_PLATFORMS='),
+    ({}, ((2, 34), 'madvise'), [], [], None, None, f'off: {NEITHER}, and huge pages need'),
+    ({}, (None, 'madvise'), [], [], None, None, f'off: {NEITHER}, and huge pages need'),
+    ({}, ((2, 36), 'always'), [], [], None, None, f'{NEITHER}; {KERNEL} (always)'),
+    ({}, ((2, 36), 'never'), [], [], None, None, f'{NEITHER}; {KERNEL} (never)'),
+    ({}, ((2, 36), None), [], [], None, None, f'{NEITHER}; {KERNEL} (unknown)'),
 ])
-def test_environment_adds_the_tunable_only_where_it_helps(environ, libc, mode, devices, argv,
-                                                           tunables, reason):
-  env, why = host_memory.huge_page_environment({'PATH': '/bin', **environ}, libc, mode,
-                                               devices, argv)
+def test_environment_adds_an_allocator_only_where_it_helps(environ, host, devices, argv, tcmalloc,
+                                                           added, reason):
+  env, why = host_memory.allocator_environment({'PATH': '/bin', **environ}, *host, devices, argv,
+                                               tcmalloc)
   assert why.startswith(reason), why
-  if tunables is None:
+  if added is None:
     assert env is None
   else:
-    assert env == {'PATH': '/bin', **environ, 'GLIBC_TUNABLES': tunables, **ADDED}
+    assert env == {'PATH': '/bin', **environ, **added}
+
+
+@pytest.mark.parametrize('environ, tcmalloc, message', [
+    ({'XCEPTION_JAX_MALLOC': 'jemalloc'}, TC,
+     "XCEPTION_JAX_MALLOC='jemalloc': use one of auto, tcmalloc, huge-pages, system."),
+    ({'XCEPTION_JAX_MALLOC': 'tcmalloc'}, None,
+     'XCEPTION_JAX_MALLOC=tcmalloc but no tcmalloc library is installed: apt install'),
+])
+def test_a_bad_allocator_choice_is_refused(environ, tcmalloc, message):
+  with pytest.raises(ValueError) as error:
+    host_memory.allocator_environment(environ, *GOOD, [], [], tcmalloc)
+  assert str(error.value).startswith(message)
 
 
 def test_accelerator_device_files_are_found_by_pattern(tmp_path):
@@ -76,49 +98,85 @@ def test_glibc_version_is_read_from_the_running_c_library():
     assert version is None
 
 
-def test_the_main_job_logs_its_huge_pages_and_reports_bad_input_in_one_line(tmp_path):
-  environ = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
-  expected, why = host_memory.huge_page_environment(
+def clean_environment() -> dict[str, str]:
+  """This process's environment without any allocator setting of its own."""
+  return {k: v for k, v in os.environ.items()
+          if k not in ('GLIBC_TUNABLES', 'LD_PRELOAD', host_memory.SWITCH, host_memory.ADDED_MARK)}
+
+
+def test_the_main_job_logs_its_allocator_and_reports_bad_input_in_one_line(tmp_path):
+  environ = clean_environment()
+  expected, why = host_memory.allocator_environment(
       environ, host_memory.glibc_version(), host_memory.thp_mode(),
-      host_memory.accelerator_devices())
+      host_memory.accelerator_devices(), tcmalloc=host_memory.find_tcmalloc())
   # A model option the file does not declare reaches the model's check, whose error ends
   # the job right after its start-up log.
-  result = subprocess.run(
-      [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',
-       f'--workdir={tmp_path}', '--config.model_kwargs.fc_layer=(8,)',
-       f'--config.data_dir={tmp_path}'],
-      capture_output=True, text=True, timeout=300, env=environ)
+  command = [sys.executable, '-m', 'xception_jax.main', '--config=configs/quickstart.py',
+             f'--workdir={tmp_path}', '--config.model_kwargs.fc_layer=(8,)',
+             f'--config.data_dir={tmp_path}']
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environ)
   assert result.returncode == 1, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: xception has no option fc_layer (did you mean fc_layers?); its options: ')
   assert not list(tmp_path.iterdir())  # Checked before anything was written.
-  line = next(l for l in result.stderr.splitlines() if 'malloc huge pages:' in l)
+  assert 'cannot be preloaded' not in result.stderr   # The loader found what was added.
+  line = next(l for l in result.stderr.splitlines() if 'host malloc:' in l)
   if expected is None:
     assert line.endswith(why)
-  else:   # The re-executed process found the tunable its first start added, and says so.
-    assert line.endswith(f'on: {ON} added by xception_jax '
-                         f'(GLIBC_TUNABLES={expected["GLIBC_TUNABLES"]})')
+  else:   # The re-executed process found the setting its first start added, and says so.
+    assert line.endswith(f'on: {expected[host_memory.ADDED_MARK]} added by xception_jax')
+
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**environ, host_memory.SWITCH: 'fast'})
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "error: XCEPTION_JAX_MALLOC='fast': use one of auto, tcmalloc, huge-pages, system."]
+
+
+def test_the_added_tcmalloc_is_the_allocator_of_the_started_process():
+  name = host_memory.find_tcmalloc()
+  if name is None:
+    pytest.skip('tcmalloc is not installed here (apt install libtcmalloc-minimal4)')
+  environ, _ = host_memory.allocator_environment(clean_environment(), None, None, tcmalloc=name)
+  # malloc's own symbol, as the started process resolves it, lies in the preloaded library.
+  probe = ('import ctypes, ctypes.util;'
+           'libc = ctypes.CDLL(None); info = (ctypes.c_void_p * 4)();'
+           'dladdr = libc.dladdr; dladdr.argtypes = [ctypes.c_void_p, ctypes.c_void_p];'
+           'dladdr(ctypes.cast(libc.malloc, ctypes.c_void_p), info);'
+           'print(ctypes.string_at(info[0]).decode())')
+  result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          env=environ, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert 'tcmalloc' in result.stdout, result.stdout
+  result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                          env=clean_environment(), timeout=60)
+  assert 'tcmalloc' not in result.stdout and 'libc' in result.stdout, result.stdout
 
 
 def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypatch):
   calls = []
 
   def fake_execve(path, argv, env):
-    calls.append((path, argv, env['GLIBC_TUNABLES']))
+    calls.append((path, argv, env['LD_PRELOAD']))
     raise OSError('exec refused')
 
-  monkeypatch.setattr(host_memory, 'glibc_version', lambda: (2, 36))
-  monkeypatch.setattr(host_memory, 'thp_mode', lambda: 'madvise')
+  monkeypatch.setattr(host_memory, 'find_tcmalloc', lambda: TC)
   monkeypatch.setattr(host_memory, 'accelerator_devices', lambda: [])
-  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  for name in ('JAX_PLATFORMS', 'LD_PRELOAD', 'GLIBC_TUNABLES', host_memory.SWITCH):
+    monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(host_memory.os, 'execve', fake_execve)
   monkeypatch.setattr(host_memory.sys, 'orig_argv', ['python3', '-m', 'xception_jax.main', '--x=1'])
-  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
-  host_memory.reexec_with_huge_pages()   # Returns: the job runs as is.
-  assert calls == [(sys.executable, [sys.executable, '-m', 'xception_jax.main', '--x=1'], ON)]
-  monkeypatch.setenv('GLIBC_TUNABLES', ON)
-  host_memory.reexec_with_huge_pages()   # The second start finds the tunable: no exec.
-  monkeypatch.delenv('GLIBC_TUNABLES')
+  host_memory.reexec_with_allocator()   # Returns: the job runs as is.
+  assert calls == [(sys.executable, [sys.executable, '-m', 'xception_jax.main', '--x=1'], TC)]
+  monkeypatch.setenv('LD_PRELOAD', TC)
+  monkeypatch.setenv(host_memory.ADDED_MARK, TC)
+  host_memory.reexec_with_allocator()   # The second start finds the library: no exec.
+  monkeypatch.delenv('LD_PRELOAD')
   monkeypatch.setattr(host_memory.sys, 'argv', ['main.py', '--help'])
-  host_memory.reexec_with_huge_pages()   # Help only: no exec either.
+  host_memory.reexec_with_allocator()   # Help only: no exec either.
   assert len(calls) == 1
+  monkeypatch.setattr(host_memory.sys, 'argv', ['main.py'])
+  monkeypatch.setenv(host_memory.SWITCH, 'tcmalloc')
+  monkeypatch.setattr(host_memory, 'find_tcmalloc', lambda: None)
+  with pytest.raises(SystemExit, match='^error: XCEPTION_JAX_MALLOC=tcmalloc but no tcmalloc'):
+    host_memory.reexec_with_allocator()

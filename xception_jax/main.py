@@ -30,7 +30,7 @@ def main(argv):
   silence_failed_write_noise()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.info('malloc huge pages: %s', host_memory.describe())
+  logging.info('host malloc: %s', host_memory.describe())
   config = _PARSER.with_model_options(_CONFIG.value)
   run = evaluate.evaluate_only if config.eval_only else train.train_and_evaluate
   try:
@@ -40,5 +40,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_huge_pages()
+  host_memory.reexec_with_allocator()
   app.run(main, flags_parser=_PARSER)

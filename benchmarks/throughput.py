@@ -42,8 +42,10 @@ of that name does (training only; times are still per step), any other a model o
 goes); `--worker-timeout` abandons a framework that takes longer, keeping
 what the others measured.
 `--env NAME=VALUE` sets an environment variable for every framework alike,
-e.g. `--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages
-for malloc, which all of them use for activations).
+e.g. `--env LD_PRELOAD=libtcmalloc_minimal.so.4` (tcmalloc, which
+`python -m xception_jax.main` runs with on CPU hosts where it is installed) or
+`--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages for
+glibc's malloc): all of them take their activations from malloc.
 The table is printed and, unless `--no-record`, appended to
 benchmarks/RESULTS.md with the machine, versions, date, load and command.
 """

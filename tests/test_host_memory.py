@@ -1,4 +1,4 @@
-"""The main job runs with tcmalloc, else glibc's malloc asking for huge pages, where that helps."""
+"""The main job asks glibc for huge pages, or runs with tcmalloc if asked, where that helps."""
 import os
 import subprocess
 import sys
@@ -14,39 +14,41 @@ HUGE = {'GLIBC_TUNABLES': ON, 'XCEPTION_JAX_ADDED_MALLOC': ON}
 TCMALLOC = {'LD_PRELOAD': TC, **QUIET, 'XCEPTION_JAX_ADDED_MALLOC': TC}
 GPU = ['/dev/nvidia0']
 GOOD = ((2, 36), 'madvise')   # glibc and kernel that allow huge pages
-NEITHER = 'no tcmalloc installed'
-KERNEL = 'huge pages left to the kernel'
+KERNEL = 'left to the kernel: transparent huge pages'
+
+
+ASK = {'XCEPTION_JAX_MALLOC': 'tcmalloc'}
 
 
 @pytest.mark.parametrize('environ, host, devices, argv, tcmalloc, added, reason', [
-    # tcmalloc where installed, else huge pages.
-    ({}, GOOD, [], [], TC, TCMALLOC, f'on: {TC} to be added by xception_jax'),
-    ({}, GOOD, [], [], None, HUGE, f'on: {ON} to be added by xception_jax (no tcmalloc'),
-    ({'XCEPTION_JAX_MALLOC': 'tcmalloc'}, GOOD, [], [], TC, TCMALLOC, 'on: '),
+    # Huge pages unless tcmalloc is asked for.
+    ({}, GOOD, [], [], TC, HUGE, f'on: {ON} to be added by xception_jax'),
     ({'XCEPTION_JAX_MALLOC': 'huge-pages'}, GOOD, [], [], TC, HUGE, 'on: '),
-    ({'LD_PRELOAD': 'libprofiler.so'}, GOOD, [], [], TC,
-     {**TCMALLOC, 'LD_PRELOAD': f'libprofiler.so {TC}'}, 'on: '),
+    (ASK, GOOD, [], [], TC, {**ASK, **TCMALLOC}, f'on: {TC} to be added by xception_jax'),
+    ({**ASK, 'LD_PRELOAD': 'libprofiler.so'}, GOOD, [], [], TC,
+     {**ASK, **TCMALLOC, 'LD_PRELOAD': f'libprofiler.so {TC}'}, 'on: '),
     ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, ((2, 35), 'madvise'), [], [], None,
      {**HUGE, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:' + ON}, 'on: '),
-    ({'JAX_PLATFORMS': 'cpu'}, GOOD, GPU, [], TC, TCMALLOC, 'on: '),   # CPU asked for.
+    ({'JAX_PLATFORMS': 'cpu'}, GOOD, GPU, [], None, HUGE, 'on: '),   # CPU asked for.
     # Yours, and ours after the re-execution, told apart.
-    ({'LD_PRELOAD': 'libjemalloc.so.2'}, GOOD, [], [], TC, None,
+    ({**ASK, 'LD_PRELOAD': 'libjemalloc.so.2'}, GOOD, [], [], TC, None,
      'as you set it: LD_PRELOAD=libjemalloc.so.2'),
-    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, GOOD, [], [], TC, None,
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, GOOD, [], [], None, None,
      'as you set them: GLIBC_TUNABLES=glibc.malloc.hugetlb=0'),
-    (TCMALLOC, GOOD, [], [], TC, None, f'on: {TC} added by xception_jax'),
+    ({**ASK, **TCMALLOC}, GOOD, [], [], TC, None, f'on: {TC} added by xception_jax'),
     (HUGE, GOOD, [], [], None, None, f'on: {ON} added by xception_jax'),
     # Where it cannot help, or is not wanted.
-    ({'XCEPTION_JAX_MALLOC': 'system'}, GOOD, [], [], TC, None, 'off: XCEPTION_JAX_MALLOC=system'),
-    ({}, GOOD, [], ['--config=x.py', '--helpfull'], TC, None, 'off: help only'),
-    ({}, GOOD, GPU, [], TC, None, 'off: accelerator host (/dev/nvidia0'),
-    ({'JAX_PLATFORMS': 'tpu'}, GOOD, [], [], TC, None, 'off: JAX_PLATFORMS=tpu'),
-    ({'JAX_PLATFORMS': 'cuda,cpu'}, GOOD, [], [], TC, None, 'off: JAX_PLATFORMS='),
-    ({}, ((2, 34), 'madvise'), [], [], None, None, f'off: {NEITHER}, and huge pages need'),
-    ({}, (None, 'madvise'), [], [], None, None, f'off: {NEITHER}, and huge pages need'),
-    ({}, ((2, 36), 'always'), [], [], None, None, f'{NEITHER}; {KERNEL} (always)'),
-    ({}, ((2, 36), 'never'), [], [], None, None, f'{NEITHER}; {KERNEL} (never)'),
-    ({}, ((2, 36), None), [], [], None, None, f'{NEITHER}; {KERNEL} (unknown)'),
+    ({'XCEPTION_JAX_MALLOC': 'system'}, GOOD, [], [], None, None,
+     'off: XCEPTION_JAX_MALLOC=system'),
+    (ASK, GOOD, [], ['--config=x.py', '--helpfull'], None, None, 'off: help only'),
+    (ASK, GOOD, GPU, [], TC, None, 'off: accelerator host (/dev/nvidia0'),
+    ({'JAX_PLATFORMS': 'tpu'}, GOOD, [], [], None, None, 'off: JAX_PLATFORMS=tpu'),
+    ({'JAX_PLATFORMS': 'cuda,cpu'}, GOOD, [], [], None, None, 'off: JAX_PLATFORMS='),
+    ({}, ((2, 34), 'madvise'), [], [], None, None, 'off: huge pages need glibc 2.35'),
+    ({}, (None, 'madvise'), [], [], None, None, 'off: huge pages need glibc 2.35'),
+    ({}, ((2, 36), 'always'), [], [], None, None, f'{KERNEL} always'),
+    ({}, ((2, 36), 'never'), [], [], None, None, f'{KERNEL} never'),
+    ({}, ((2, 36), None), [], [], None, None, f'{KERNEL} unknown'),
 ])
 def test_environment_adds_an_allocator_only_where_it_helps(environ, host, devices, argv, tcmalloc,
                                                            added, reason):
@@ -137,7 +139,8 @@ def test_the_added_tcmalloc_is_the_allocator_of_the_started_process():
   name = host_memory.find_tcmalloc()
   if name is None:
     pytest.skip('tcmalloc is not installed here (apt install libtcmalloc-minimal4)')
-  environ, _ = host_memory.allocator_environment(clean_environment(), None, None, tcmalloc=name)
+  environ, _ = host_memory.allocator_environment({**clean_environment(), **ASK}, None, None,
+                                                 tcmalloc=name)
   # malloc's own symbol, as the started process resolves it, lies in the preloaded library.
   probe = ('import ctypes, ctypes.util;'
            'libc = ctypes.CDLL(None); info = (ctypes.c_void_p * 4)();'
@@ -162,8 +165,9 @@ def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypat
 
   monkeypatch.setattr(host_memory, 'find_tcmalloc', lambda: TC)
   monkeypatch.setattr(host_memory, 'accelerator_devices', lambda: [])
-  for name in ('JAX_PLATFORMS', 'LD_PRELOAD', 'GLIBC_TUNABLES', host_memory.SWITCH):
+  for name in ('JAX_PLATFORMS', 'LD_PRELOAD', 'GLIBC_TUNABLES'):
     monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv(host_memory.SWITCH, 'tcmalloc')
   monkeypatch.setattr(host_memory.os, 'execve', fake_execve)
   monkeypatch.setattr(host_memory.sys, 'orig_argv', ['python3', '-m', 'xception_jax.main', '--x=1'])
   host_memory.reexec_with_allocator()   # Returns: the job runs as is.
@@ -176,7 +180,6 @@ def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypat
   host_memory.reexec_with_allocator()   # Help only: no exec either.
   assert len(calls) == 1
   monkeypatch.setattr(host_memory.sys, 'argv', ['main.py'])
-  monkeypatch.setenv(host_memory.SWITCH, 'tcmalloc')
   monkeypatch.setattr(host_memory, 'find_tcmalloc', lambda: None)
   with pytest.raises(SystemExit, match='^error: XCEPTION_JAX_MALLOC=tcmalloc but no tcmalloc'):
     host_memory.reexec_with_allocator()

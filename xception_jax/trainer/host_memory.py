@@ -1,16 +1,19 @@
-"""The memory allocator of a CPU training job: tcmalloc where installed, else glibc with huge pages.
+"""The memory allocator of a CPU training job: glibc asking for huge pages, or tcmalloc if asked.
 
 On a CPU backend XLA takes each step's temporary memory (the activations,
 about a GiB per step at batch 8) from malloc and gives it back at the end of
 the step. glibc's malloc maps such large blocks from the kernel and unmaps
 them when freed, so every step the kernel faults in and clears that memory
-afresh. tcmalloc keeps freed memory for the next step; where it is not
-installed, `glibc.malloc.hugetlb=1` makes the faults 512 times fewer. What each
-gains and how it was measured: docs/performance.md.
+afresh; `glibc.malloc.hugetlb=1` makes the faults 512 times fewer. tcmalloc
+keeps freed memory for the next step instead: steps 1.1-1.3x faster, but as
+the training loop dispatches a step while the previous one runs, it keeps two
+steps' activations (Xception at batch 8: 1.5x the peak resident memory), so
+it is chosen only when asked for. What each gains and how it was measured:
+docs/performance.md.
 
 The allocator is chosen when a process starts, so `python -m xception_jax.main`
-re-executes itself once, first thing, with `LD_PRELOAD` (tcmalloc) or
-`GLIBC_TUNABLES` (huge pages) added, and only where that can help:
+re-executes itself once, first thing, with `GLIBC_TUNABLES` (huge pages) or
+`LD_PRELOAD` (tcmalloc) added, and only where that can help:
 
 - not on a host with a GPU or TPU (the activations live on the device), nor
   when `JAX_PLATFORMS` names another platform than the CPU;
@@ -20,8 +23,8 @@ re-executes itself once, first thing, with `LD_PRELOAD` (tcmalloc) or
 - huge pages not where glibc is older than 2.35, nor where the kernel's
   transparent huge pages are 'always' (given unasked) or 'never' (refused).
 
-`XCEPTION_JAX_MALLOC` picks: `auto` (the default: tcmalloc if installed, else
-huge pages), `tcmalloc` (an error if it is not installed), `huge-pages`, or
+`XCEPTION_JAX_MALLOC` picks: `auto` (the default: huge pages), `tcmalloc`
+(an error if it is not installed), `huge-pages` (the same as `auto`), or
 `system` (run as is).
 
 This module imports nothing beyond the standard library: it runs before JAX.
@@ -96,6 +99,7 @@ def allocator_environment(environ: Mapping[str, str], libc: Optional[tuple[int, 
 
   Raises ValueError for an unknown `XCEPTION_JAX_MALLOC`, or `tcmalloc` asked
   for where `tcmalloc` (the library's name, as `find_tcmalloc` gives it) is None.
+  `tcmalloc` is only read when asked for.
   """
   choice = environ.get(SWITCH, 'auto')
   if choice not in CHOICES:
@@ -117,25 +121,25 @@ def allocator_environment(environ: Mapping[str, str], libc: Optional[tuple[int, 
     return None, f'off: JAX_PLATFORMS={environ["JAX_PLATFORMS"]} (activations on the device)'
   if not platforms and accelerators:
     return None, f'off: accelerator host ({accelerators[0]}; activations on the device)'
-  if choice in ('auto', 'tcmalloc') and tcmalloc:
+  if choice == 'tcmalloc':
+    if not tcmalloc:
+      raise ValueError(f'{SWITCH}=tcmalloc but no tcmalloc library is installed: '
+                       f'{INSTALL_TCMALLOC}, or leave {SWITCH} unset.')
     return ({**environ, 'LD_PRELOAD': ' '.join(filter(None, [preload, tcmalloc])),
              **QUIET_TCMALLOC, ADDED_MARK: tcmalloc},
             f'on: {tcmalloc} to be added by xception_jax')
-  if choice == 'tcmalloc':
-    raise ValueError(f'{SWITCH}=tcmalloc but no tcmalloc library is installed: '
-                     f'{INSTALL_TCMALLOC}, or set {SWITCH}=auto.')
   if libc is None or libc < (2, 35):
-    return None, 'off: no tcmalloc installed, and huge pages need glibc 2.35 or later'
+    return None, 'off: huge pages need glibc 2.35 or later'
   if mode != 'madvise':   # 'always' gives them without asking; 'never' refuses.
-    return None, f'no tcmalloc installed; huge pages left to the kernel ({mode or "unknown"})'
+    return None, f'left to the kernel: transparent huge pages {mode or "unknown"}'
   added = f'{TUNABLE}=1'
   return ({**environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, added])),
-           ADDED_MARK: added}, f'on: {added} to be added by xception_jax (no tcmalloc installed)')
+           ADDED_MARK: added}, f'on: {added} to be added by xception_jax')
 
 
 def _this_process() -> tuple[Optional[dict[str, str]], str]:
   environ = os.environ
-  wants_tcmalloc = environ.get(SWITCH, 'auto') in ('auto', 'tcmalloc')
+  wants_tcmalloc = environ.get(SWITCH) == 'tcmalloc'
   return allocator_environment(environ, glibc_version(), thp_mode(), accelerator_devices(),
                                sys.argv[1:], find_tcmalloc() if wants_tcmalloc else None)
 

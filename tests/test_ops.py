@@ -60,6 +60,16 @@ def test_shifted_depthwise_equals_grouped_conv(size, stride, padding):
   assert_close(got, want)
 
 
+@pytest.mark.parametrize('batch', [12, 24])   # Not a multiple of the 8-image groups; three groups.
+def test_shifted_depthwise_kernel_gradient_sums_images_in_groups(batch):
+  x = random((batch, 9, 9, 6), 0)
+  reference, fast = (conv_module((impl, 'xla', 'xla'), 6, (3, 3), 2, 6, 'SAME')
+                     for impl in ('xla', 'shifted'))
+  _, want = module_value_and_grads(reference, x)
+  _, got = module_value_and_grads(fast, x)
+  assert_close(got, want)
+
+
 @pytest.mark.parametrize('size, stride', SHAPES, ids=ids)
 def test_pointwise_dot_equals_1x1_conv(size, stride):
   x = random((2, size, size, 6), 0)

@@ -17,6 +17,9 @@ from xception_jax.models.ops.windows import (Padding, add_tuples, crop_hw, expli
                                              scatter_windows, stored, windows)
 
 
+N_GROUP = 8   # Images summed together in the kernel gradient's first reduction.
+
+
 def _tap_sums(xp: jnp.ndarray, g: jnp.ndarray, window, strides) -> jnp.ndarray:
   """Σ over N, H, W of each tap's input window times `g`: (kh, kw, C), in float32 or wider."""
   acc = jnp.promote_types(g.dtype, jnp.float32)
@@ -26,7 +29,15 @@ def _tap_sums(xp: jnp.ndarray, g: jnp.ndarray, window, strides) -> jnp.ndarray:
   # partial sums keep the contiguous H, W, C layout), then over H and W. Nine
   # separate reductions materialise nine shifted copies of the input and run
   # 3-5× slower; reducing N and H together is ~10% slower over the whole model.
+  # Over N in groups of N_GROUP: each partial sum reads one element of every
+  # image, a whole map apart; over 32 images that ran 10× slower per image
+  # than over 8 (Xception's training step at batch 32: 1.19× faster grouped).
+  n = products[0].shape[0]
   zeros = (jnp.array(0, acc),) * len(products)
+  if n > N_GROUP and n % N_GROUP == 0:
+    products = tuple(p.reshape(n // N_GROUP, N_GROUP, *p.shape[1:]) for p in products)
+    maps = lax.reduce(products, zeros, add_tuples, (1,))
+    return jnp.stack([m.sum((0, 1, 2)) for m in maps]).reshape(*window, -1)
   maps = lax.reduce(products, zeros, add_tuples, (0,))
   return jnp.stack([m.sum((0, 1)) for m in maps]).reshape(*window, -1)
 

@@ -43,7 +43,7 @@ goes); `--worker-timeout` abandons a framework that takes longer, keeping
 what the others measured.
 `--env NAME=VALUE` sets an environment variable for every framework alike,
 e.g. `--env LD_PRELOAD=libtcmalloc_minimal.so.4` (tcmalloc, which
-`python -m xception_jax.main` runs with on CPU hosts where it is installed) or
+`python -m xception_jax.main` runs with under `XCEPTION_JAX_MALLOC=tcmalloc`) or
 `--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages for
 glibc's malloc): all of them take their activations from malloc.
 The table is printed and, unless `--no-record`, appended to

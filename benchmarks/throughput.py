@@ -38,7 +38,8 @@ adds variants of our model (`name:option=value,...`, optionally
 `steps_per_call=N` runs N steps per jitted call as the training loop's option
 of that name does (training only; times are still per step), any other a model option.
 `--trace-dir DIR` profiles one step of each of our variants after timing it
-(time per XLA operation and the compiled HLO, for finding where a step's time
+(time per XLA operation, asynchronous ones such as XLA's CPU convolutions from
+launch to completion, and the compiled HLO, for finding where a step's time
 goes); `--worker-timeout` abandons a framework that takes longer, keeping
 what the others measured.
 `--env NAME=VALUE` sets an environment variable for every framework alike,
@@ -112,10 +113,9 @@ def trace_step(step: Callable[[], Any], hlo_text: str, trace_dir: str, stem: str
   """Profiles one `step` and writes `stem`.ops.json (time per XLA operation) and .hlo.txt.gz.
 
   ops.json maps each profiler track ('process/thread') to [name, total µs,
-  count] rows, slowest first; on a GPU the device's track names every
-  kernel's HLO operation, which the compiled HLO text explains.
+  count] rows, slowest first (`operation_times`); on a GPU the device's track
+  names every kernel's HLO operation, which the compiled HLO text explains.
   """
-  import collections
   import glob
   import gzip
   import tempfile
@@ -129,26 +129,56 @@ def trace_step(step: Callable[[], Any], hlo_text: str, trace_dir: str, stem: str
       with gzip.open(path) as f:
         trace = json.load(f)
       events += trace['traceEvents'] if isinstance(trace, dict) else trace
+  os.makedirs(trace_dir, exist_ok=True)
+  with open(os.path.join(trace_dir, stem + '.ops.json'), 'w') as f:
+    json.dump(operation_times(events), f)
+  with gzip.open(os.path.join(trace_dir, stem + '.hlo.txt.gz'), 'wt') as f:
+    f.write(hlo_text)
+
+
+ASYNC_END = 'end: '   # XLA's CPU runtime marks where an asynchronous operation completes.
+
+
+def operation_times(events: list[dict]) -> dict[str, list]:
+  """Total µs and count per (track, operation) of a Chrome trace's complete ('X') events.
+
+  Returns {'process/thread': [[name, µs, count], ...]}, slowest first. XLA's
+  CPU runtime runs some operations (its Eigen convolutions) asynchronously:
+  their event covers only the launch, and an 'end: NAME' event marks the
+  completion. Such an operation is timed from its launch's start to its
+  marker's end (a marker completes the latest launch of its operation before
+  it), on the launch's track; the span overlaps other operations that ran
+  meanwhile. The markers themselves are not listed.
+  """
+  import collections
   names = {}
   for e in events:
     if e.get('ph') == 'M' and e.get('name') in ('process_name', 'thread_name'):
       names[(e['pid'], e.get('tid') if e['name'] == 'thread_name' else None)] = e['args']['name']
+  complete = sorted((e for e in events if e.get('ph') == 'X'), key=lambda e: e['ts'])
+  # Each end marker completes the latest launch of its operation before it.
+  ends, latest = {}, {}
+  for i, e in enumerate(complete):
+    if e['name'].startswith(ASYNC_END):
+      launch = latest.pop(e['name'][len(ASYNC_END):], None)
+      if launch is not None:
+        ends[launch] = e['ts'] + e.get('dur', 0)
+    else:
+      latest[(e.get('args') or {}).get('hlo_op') or e['name']] = i
   total, count = collections.Counter(), collections.Counter()
-  for e in events:
-    if e.get('ph') == 'X':
-      process = names.get((e['pid'], None), e['pid'])
-      track = f"{process}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}"
-      key = (track, (e.get('args') or {}).get('hlo_op') or e['name'])
-      total[key] += e.get('dur', 0)
-      count[key] += 1
+  for i, e in enumerate(complete):
+    if e['name'].startswith(ASYNC_END):
+      continue
+    end = max(e['ts'] + e.get('dur', 0), ends.get(i, 0))
+    process = names.get((e['pid'], None), e['pid'])
+    track = f"{process}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}"
+    key = (track, (e.get('args') or {}).get('hlo_op') or e['name'])
+    total[key] += end - e['ts']
+    count[key] += 1
   tracks: dict[str, list] = collections.defaultdict(list)
   for (track, name), us in total.most_common():
     tracks[track].append([name, us, count[(track, name)]])
-  os.makedirs(trace_dir, exist_ok=True)
-  with open(os.path.join(trace_dir, stem + '.ops.json'), 'w') as f:
-    json.dump(tracks, f)
-  with gzip.open(os.path.join(trace_dir, stem + '.hlo.txt.gz'), 'wt') as f:
-    f.write(hlo_text)
+  return dict(tracks)
 
 
 def _peak_rss_mib() -> float:

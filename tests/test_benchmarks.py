@@ -126,6 +126,33 @@ def test_roofline_is_the_slower_bound_and_peaks_follow_the_device():
   assert binding == 'compute' and bound == pytest.approx(989e3 / 50)
 
 
+def test_operation_times_span_asynchronous_operations_to_their_end_marker():
+  """A profile's per-operation times: an operation XLA ran asynchronously (its event is the
+  launch, an 'end: NAME' event its completion) counts from launch to completion."""
+  from benchmarks import throughput
+
+  def op(name, ts, dur, tid, hlo_op=True):
+    return dict(ph='X', name=name, ts=ts, dur=dur, pid=1, tid=tid,
+                args={'hlo_op': name} if hlo_op else {})
+  events = [
+      dict(ph='M', name='process_name', pid=1, args={'name': '/host:CPU'}),
+      dict(ph='M', name='thread_name', pid=1, tid=10, args={'name': 'w0'}),
+      dict(ph='M', name='thread_name', pid=1, tid=11, args={'name': 'w1'}),
+      op('ThunkExecutor::Execute', 0, 300, 10, hlo_op=False),
+      op('end: convolution.1', 90, 1, 11, hlo_op=False),    # before the launch: not its end
+      op('convolution.1', 100, 5, 10),                       # launched, completes on w1
+      op('add_fusion', 110, 20, 10),
+      op('end: convolution.1', 150, 2, 11, hlo_op=False),
+      op('add_fusion', 200, 10, 11),
+      op('end: add_fusion', 210, 0.5, 11, hlo_op=False),     # a synchronous one's marker
+      op('copy.3', 220, 4, 11),                              # no marker: its own time
+  ]
+  assert throughput.operation_times(events) == {
+      '/host:CPU/w0': [['ThunkExecutor::Execute', 300, 1], ['convolution.1', 52, 1],
+                       ['add_fusion', 20, 1]],
+      '/host:CPU/w1': [['add_fusion', 10.5, 1], ['copy.3', 4, 1]]}
+
+
 def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):
   from benchmarks import throughput
   monkeypatch.delenv('GLIBC_TUNABLES', raising=False)

@@ -155,25 +155,29 @@ def operation_times(events: list[dict]) -> dict[str, list]:
   for e in events:
     if e.get('ph') == 'M' and e.get('name') in ('process_name', 'thread_name'):
       names[(e['pid'], e.get('tid') if e['name'] == 'thread_name' else None)] = e['args']['name']
+  def operation(e):
+    return (e.get('args') or {}).get('hlo_op') or e['name']
+
+  def end(e):
+    return e['ts'] + e.get('dur', 0)
+
   complete = sorted((e for e in events if e.get('ph') == 'X'), key=lambda e: e['ts'])
   # Each end marker completes the latest launch of its operation before it.
-  ends, latest = {}, {}
+  completed, latest = {}, {}
   for i, e in enumerate(complete):
     if e['name'].startswith(ASYNC_END):
       launch = latest.pop(e['name'][len(ASYNC_END):], None)
       if launch is not None:
-        ends[launch] = e['ts'] + e.get('dur', 0)
+        completed[launch] = end(e)
     else:
-      latest[(e.get('args') or {}).get('hlo_op') or e['name']] = i
+      latest[operation(e)] = i
   total, count = collections.Counter(), collections.Counter()
   for i, e in enumerate(complete):
     if e['name'].startswith(ASYNC_END):
       continue
-    end = max(e['ts'] + e.get('dur', 0), ends.get(i, 0))
     process = names.get((e['pid'], None), e['pid'])
-    track = f"{process}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}"
-    key = (track, (e.get('args') or {}).get('hlo_op') or e['name'])
-    total[key] += end - e['ts']
+    key = (f"{process}/{names.get((e['pid'], e.get('tid')), e.get('tid'))}", operation(e))
+    total[key] += max(end(e), completed.get(i, 0)) - e['ts']
     count[key] += 1
   tracks: dict[str, list] = collections.defaultdict(list)
   for (track, name), us in total.most_common():

@@ -38,13 +38,16 @@ def test_logits_equal_keras_at_299(keras_xception, converted):
 
 
 @pytest.mark.long(seconds=19)
-def test_logits_equal_keras_at_a_smaller_odd_size(keras_xception, converted):
+@pytest.mark.parametrize('forms', [{}, dict(depthwise='onednn', pointwise='onednn', conv='onednn')],
+                         ids=['auto', 'onednn'])
+def test_logits_equal_keras_at_a_smaller_odd_size(keras_xception, converted, forms):
   small = keras.applications.Xception(weights=None, classifier_activation=None,
                                       input_shape=(151, 151, 3))
   small.set_weights(keras_xception.get_weights())
   x = images(151, seed=2)
   expected = small.predict(x, verbose=0)
-  ours = jax.jit(models.create_model('xception').apply)(converted, x)
+  model = models.create_model('xception', execution=models.Execution(**forms))
+  ours = jax.jit(model.apply)(converted, x)
   assert np.abs(np.asarray(ours) - expected).max() < TOLERANCE
 
 

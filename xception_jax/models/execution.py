@@ -20,12 +20,12 @@ from typing import Any, Callable, Mapping, Optional
 import flax.linen as nn
 import jax
 
-from xception_jax.models.ops import batch_norm, convs, pooling
+from xception_jax.models.ops import batch_norm, convs, onednn, pooling
 
 # The forms of each family; the first is XLA's own operation, the reference.
-FORMS = {'depthwise': ('xla', 'shifted'),
-         'pointwise': ('xla', 'dot'),
-         'conv': ('xla', 'im2col'),
+FORMS = {'depthwise': ('xla', 'shifted', 'onednn'),
+         'pointwise': ('xla', 'dot', 'onednn'),
+         'conv': ('xla', 'im2col', 'onednn'),
          'pool': ('xla', 'shifted'),
          'avg_pool': ('xla', 'after_pointwise'),
          'norm': ('xla', 'fused')}
@@ -37,6 +37,9 @@ FORMS = {'depthwise': ('xla', 'shifted'),
 AUTO = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
                 'avg_pool': 'after_pointwise', 'norm': 'fused'},
         'gpu': {'norm': 'fused'}}
+# On a process with one CPU device where oneDNN's convs build and load, 'auto'
+# picks them for every conv family instead (faster than all of the above).
+AUTO_ONEDNN = {'depthwise': 'onednn', 'pointwise': 'onednn', 'conv': 'onednn'}
 
 # The fields models had before `execution` existed, still accepted by `create_model`.
 LEGACY_OPTIONS = {'depthwise_impl': 'depthwise', 'pointwise_impl': 'pointwise',
@@ -51,6 +54,8 @@ class Execution:
   depthwise  'xla': grouped `lax.conv_general_dilated`; 'shifted': summed shifted slices.
   pointwise  'xla': 1×1 `lax.conv_general_dilated`; 'dot': one matrix product.
   conv       other convs. 'xla'; 'im2col': one matrix product over the input's patches.
+             Each of these three also 'onednn': oneDNN's kernels (`ops.onednn`; CPU,
+             float32, one device; other calls go to XLA).
   pool       max pooling. 'xla': `nn.max_pool`; 'shifted': maximum of shifted windows.
   avg_pool   an Inception branch's 3×3 average pool and the 1×1 conv after it. 'xla': the
              pool, then the conv; 'after_pointwise': the conv, then the pool over its fewer
@@ -102,9 +107,22 @@ class Execution:
 
     `backend` defaults to JAX's default backend.
     """
-    auto = AUTO.get(backend or jax.default_backend(), {})
-    return self.replace(**{family: auto.get(family, FORMS[family][0])
-                           for family in FORMS if getattr(self, family) == 'auto'})
+    backend = backend or jax.default_backend()
+    auto = AUTO.get(backend, {})
+    if (backend == 'cpu' and jax.local_device_count() == 1
+        and any(getattr(self, family) == 'auto' for family in AUTO_ONEDNN)):
+      reason = onednn.unavailable_reason()
+      if reason:
+        _warn_once(f"'auto' convs use XLA's forms, not oneDNN's: {reason}")
+      else:
+        auto = dict(auto, **AUTO_ONEDNN)
+    resolved = self.replace(**{family: auto.get(family, FORMS[family][0])
+                               for family in FORMS if getattr(self, family) == 'auto'})
+    if 'onednn' in (resolved.depthwise, resolved.pointwise, resolved.conv):
+      if backend != 'cpu':
+        raise ValueError(f"The 'onednn' conv form runs on CPU only, not {backend}; use 'auto'.")
+      onednn.require()
+    return resolved
 
   def conv_general_dilated(self) -> Callable:
     """The `lax.conv_general_dilated` replacement for `nn.Conv(conv_general_dilated=...)`."""

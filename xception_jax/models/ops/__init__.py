@@ -5,6 +5,7 @@ keeps its parameters: `Execution` (models/execution.py) picks among them. Why
 each exists and what it gains: docs/performance.md.
   depthwise   shifted_depthwise: summed shifted slices instead of a grouped conv
   convs       pointwise_dot, im2col_conv and the dispatching conv_general_dilated_fn
+  onednn      conv: any of the three conv families in oneDNN's kernels (XLA FFI, CPU)
   pooling     shifted_max_pool: maximum of shifted windows, gradient as select-and-scatter
   batch_norm  batch_norm_train and FusedBatchNorm: the gradient in two sums and one pass
   windows     the shifted-window helpers they share, and `stored`

@@ -1,5 +1,7 @@
 """1×1 convs as one matrix product ('dot'), k×k convs over im2col patches, and the dispatch.
 
+Every family also has the 'onednn' form: the conv in oneDNN's kernels (`ops.onednn`).
+
 A conv form has `lax.conv_general_dilated`'s signature and is passed to
 `nn.Conv(conv_general_dilated=...)`, so module names and kernel shapes stay
 nn.Conv's. Calls a form does not cover (other layouts, dilation, groups other
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from xception_jax.models.ops import onednn
 from xception_jax.models.ops.depthwise import shifted_depthwise
 from xception_jax.models.ops.windows import (Padding, Pads, add_tuples, crop_hw, explicit_pads,
                                              out_hw, pad_hw, scatter_windows, windows)
@@ -114,11 +117,16 @@ def _dispatching_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
   if not kwargs and _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                               batch_group_count):
     channels = lhs.shape[-1]
-    if (depthwise == 'shifted' and feature_group_count == channels
-        and rhs.shape[2:] == (1, channels)):
+    pads = explicit_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    is_depthwise = feature_group_count == channels and rhs.shape[2:] == (1, channels)
+    is_pointwise = feature_group_count == 1 and rhs.shape[:2] == (1, 1) and not any(map(any, pads))
+    form = depthwise if is_depthwise else pointwise if is_pointwise else conv
+    if (form == 'onednn' and (is_depthwise or feature_group_count == 1)
+        and onednn.supports(lhs, rhs, preferred_element_type)):
+      return onednn.conv(lhs, rhs, window_strides, pads, feature_group_count)
+    if depthwise == 'shifted' and is_depthwise:
       return shifted_depthwise(lhs, rhs, window_strides, padding, preferred_element_type)
-    if (pointwise == 'dot' and feature_group_count == 1 and rhs.shape[:2] == (1, 1)
-        and explicit_pads(lhs.shape[1:3], (1, 1), window_strides, padding) == ((0, 0),) * 2):
+    if pointwise == 'dot' and is_pointwise:
       return pointwise_dot(lhs, rhs, window_strides, precision, preferred_element_type)
     if (conv == 'im2col' and feature_group_count == 1 and rhs.shape[:2] != (1, 1)
         and rhs.shape[0] * rhs.shape[1] <= IM2COL_MAX_TAPS):
@@ -141,9 +149,10 @@ def conv_general_dilated_fn(depthwise: str = 'xla', pointwise: str = 'xla',
                             conv: str = 'xla') -> ConvFn:
   """A `lax.conv_general_dilated` replacement for `nn.Conv(conv_general_dilated=...)`.
 
-  Depthwise convs are computed as `depthwise` says ('xla', 'shifted'), 1×1
-  convs as `pointwise` ('xla', 'dot'), other ungrouped 2-D convs as `conv`
-  ('xla', 'im2col'), anything else by XLA; 'xla' for all three returns
+  Depthwise convs are computed as `depthwise` says ('xla', 'shifted', 'onednn'),
+  1×1 convs as `pointwise` ('xla', 'dot', 'onednn'), other ungrouped 2-D convs as
+  `conv` ('xla', 'im2col', 'onednn'), anything else (and, for 'onednn', anything
+  but float32) by XLA; 'xla' for all three returns
   `lax.conv_general_dilated` itself. The same arguments return the same
   function object (so jitted programs are shared).
   """

@@ -5,8 +5,9 @@
 For each conv shape of the Xception and Inception stems and blocks: one
 value-and-gradient step (input and kernel gradients) of XLA's conv and of
 `ops.im2col_conv`, compiled with XLA's default CPU options and with
-`models.compiler_options()`, and, where PyTorch is installed, of its conv2d in
-timm's default NCHW layout on the same threads. Milliseconds, median of
+`models.compiler_options()`, of oneDNN's kernels (`ops.onednn`, where they
+build), and, where PyTorch is installed, of its conv2d in timm's default
+NCHW layout on the same threads. Milliseconds, median of
 `--repeats` after one warm-up call, and the rate in GFLOP/s (a forward pass
 and two gradients: 3 × 2 × multiply-adds) of XLA's conv under
 `compiler_options()` and of PyTorch's; the table is printed and, with
@@ -28,6 +29,7 @@ from jax import lax
 from benchmarks.throughput import load, machine, time_steps, versions
 from xception_jax import models
 from xception_jax.models import ops
+from xception_jax.models.ops import onednn
 
 # (input NHWC at batch 1, kernel HWIO, stride, padding, where it is).
 SHAPES = [
@@ -54,6 +56,11 @@ def xla_conv(x, kernel, stride, padding):
 
 def im2col_conv(x, kernel, stride, padding):
   return ops.im2col_conv(x, kernel, (stride, stride), padding)
+
+
+def onednn_conv(x, kernel, stride, padding):
+  pads = ops.explicit_pads(x.shape[1:3], kernel.shape[:2], (stride, stride), padding)
+  return onednn.conv(x, kernel, (stride, stride), pads)
 
 
 def median_ms(step: Callable[[], Any], repeats: int) -> float:
@@ -109,6 +116,8 @@ def main(argv=None) -> None:
            'XLA conv, compiler_options()': (xla_conv, models.compiler_options()),
            'im2col, default options': (im2col_conv, {}),
            'im2col, compiler_options()': (im2col_conv, models.compiler_options())}
+  if onednn.unavailable_reason() is None:
+    forms['oneDNN, compiler_options()'] = (onednn_conv, models.compiler_options())
   lines = ['| input | kernel | stride | where | ' + ' | '.join(f'{f} ms' for f in forms)
            + ' | PyTorch conv2d ms | GFLOP/s, XLA with compiler_options() / PyTorch |',
            '|---|---|---|---|' + '---|' * (len(forms) + 2)]

@@ -116,9 +116,10 @@ def test_install_builds_the_platforms_environment_with_uv_and_checks_it(tmp_path
 def test_every_platform_extra_pins_the_jax_of_requirements():
   import tomllib
   extras = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['optional-dependencies']
-  cpu_pin = next(line for line in (REPO / 'requirements.txt').read_text().splitlines()
-                 if line.startswith('jax[cpu]'))
-  assert extras['cpu'] == [cpu_pin]
+  requirements = (REPO / 'requirements.txt').read_text().splitlines()
+  cpu_pin = next(line for line in requirements if line.startswith('jax[cpu]'))
+  onednn = [line for line in requirements if line.startswith('onednn-')]
+  assert extras['cpu'] == [cpu_pin, *onednn] and len(onednn) == 2   # CPU hosts: oneDNN's convs.
   assert extras['cuda12'] == [cpu_pin.replace('[cpu]', '[cuda12]')]
   assert extras['tpu'] == [cpu_pin.replace('[cpu]', '[tpu]')]
 

@@ -166,39 +166,41 @@ Geometry geometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
 using F32 = ffi::Buffer<ffi::F32, 4>;
 using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
 
-ffi::Future Forward(ffi::ThreadPool pool, F32 x, F32 w, F32Result y, int64_t sh, int64_t sw,
-                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t groups) {
-  Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr, groups);
+// The forward pass (x → y) or the input gradient (dy → dx): a map, the HWIO kernel and the
+// map it gives, each part of the batch a task.
+ffi::Future through_kernel(ffi::ThreadPool& pool, const Geometry& g, bool forward,
+                           float* kernel_data, float* in, float* out) {
   Split s = split(pool, g.n);
-  auto kernel = weights_as(primitives(g.with_batch(s.size(0)))->forward_pd.weights_desc(), g,
-                           w.typed_data());
-  float *in = x.typed_data(), *out = y->typed_data();
+  auto first = primitives(g.with_batch(s.size(0)));
+  auto kernel = weights_as(forward ? first->forward_pd.weights_desc() : first->data_pd.weights_desc(),
+                           g, kernel_data);
+  float *x = forward ? in : out, *y = forward ? out : in;
   return run_parts(pool, s, [=](int64_t i) {
     Geometry part = g.with_batch(s.size(i));
     auto p = primitives(part);
-    execute(p->forward, p->forward_pd.scratchpad_desc(),
-            {{DNNL_ARG_SRC, memory(part.src(), engine(), in + s.first(i) * g.src_size())},
-             {DNNL_ARG_WEIGHTS, *kernel},
-             {DNNL_ARG_DST, memory(part.dst(), engine(), out + s.first(i) * g.dst_size())}});
+    memory x_part(part.src(), engine(), x + s.first(i) * g.src_size());
+    memory y_part(part.dst(), engine(), y + s.first(i) * g.dst_size());
+    if (forward) {
+      execute(p->forward, p->forward_pd.scratchpad_desc(),
+              {{DNNL_ARG_SRC, x_part}, {DNNL_ARG_WEIGHTS, *kernel}, {DNNL_ARG_DST, y_part}});
+    } else {
+      execute(p->data, p->data_pd.scratchpad_desc(),
+              {{DNNL_ARG_DIFF_DST, y_part}, {DNNL_ARG_WEIGHTS, *kernel}, {DNNL_ARG_DIFF_SRC, x_part}});
+    }
   });
+}
+
+ffi::Future Forward(ffi::ThreadPool pool, F32 x, F32 w, F32Result y, int64_t sh, int64_t sw,
+                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t groups) {
+  Geometry g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr, groups);
+  return through_kernel(pool, g, true, w.typed_data(), x.typed_data(), y->typed_data());
 }
 
 ffi::Future BackwardData(ffi::ThreadPool pool, F32 dy, F32 w, F32Result dx, int64_t sh,
                          int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
                          int64_t groups) {
   Geometry g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, groups);
-  Split s = split(pool, g.n);
-  auto kernel = weights_as(primitives(g.with_batch(s.size(0)))->data_pd.weights_desc(), g,
-                           w.typed_data());
-  float *in = dy.typed_data(), *out = dx->typed_data();
-  return run_parts(pool, s, [=](int64_t i) {
-    Geometry part = g.with_batch(s.size(i));
-    auto p = primitives(part);
-    execute(p->data, p->data_pd.scratchpad_desc(),
-            {{DNNL_ARG_DIFF_DST, memory(part.dst(), engine(), in + s.first(i) * g.dst_size())},
-             {DNNL_ARG_WEIGHTS, *kernel},
-             {DNNL_ARG_DIFF_SRC, memory(part.src(), engine(), out + s.first(i) * g.src_size())}});
-  });
+  return through_kernel(pool, g, false, w.typed_data(), dy.typed_data(), dx->typed_data());
 }
 
 ffi::Future BackwardWeights(ffi::ThreadPool pool, F32 x, F32 dy, F32Result dw, int64_t sh,

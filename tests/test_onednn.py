@@ -155,6 +155,20 @@ def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
     onednn.library_path.cache_clear()
 
 
+def test_a_compiler_that_does_not_run_is_named(monkeypatch, tmp_path):
+  monkeypatch.setenv('XCEPTION_JAX_CACHE', str(tmp_path))
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-c++'))
+  onednn.library_path.cache_clear()
+  try:
+    with pytest.raises(onednn.OneDNNUnavailable, match=r'^cannot run the C\+\+ compiler .*'
+                                                       r'no-such-c\+\+ \(.*\); install one or '
+                                                       r'point \$CXX at it$'):
+      onednn.library_path()
+    assert list((tmp_path / 'onednn').iterdir()) == []     # No partial file left behind.
+  finally:
+    onednn.library_path.cache_clear()
+
+
 def test_the_library_is_built_once_and_reused(monkeypatch, tmp_path):
   monkeypatch.setenv('XCEPTION_JAX_CACHE', str(tmp_path))
   onednn.library_path.cache_clear()

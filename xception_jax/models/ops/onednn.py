@@ -99,7 +99,11 @@ def library_path() -> str:
   os.close(handle)
   logging.info('Compiling oneDNN convs into %s', path)
   try:
-    result = subprocess.run([*command, '-o', partial], input=source, capture_output=True)
+    try:
+      result = subprocess.run([*command, '-o', partial], input=source, capture_output=True)
+    except OSError as error:
+      raise OneDNNUnavailable(f'cannot run the C++ compiler {compiler} ({error}); install one '
+                              'or point $CXX at it') from None
     if result.returncode:
       errors = [line for line in result.stderr.decode(errors='replace').splitlines()
                 if 'error' in line] or ['(no message)']

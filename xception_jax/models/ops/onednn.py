@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xception_jax.models.ops.windows import Pads
+from xception_jax.models.ops.windows import Pads, add_tuples, out_hw
 
 SOURCE = 'onednn_conv.cc'
 TARGETS = ('XjConvForward', 'XjConvBackwardData', 'XjConvBackwardWeights')
@@ -165,8 +165,9 @@ def conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Sequence[int], pads: Pads
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x, kernel, strides, pads, groups):
-  return _call('XjConvForward', _out_shape(x.shape, kernel.shape, strides, pads), x, kernel,
-               strides, pads, groups)
+  out = out_hw(add_tuples(x.shape[1:3], tuple(map(sum, pads))), kernel.shape[:2], strides)
+  return _call('XjConvForward', (x.shape[0], *out, kernel.shape[-1]), x, kernel, strides, pads,
+               groups)
 
 
 def _conv_fwd(x, kernel, strides, pads, groups):
@@ -189,10 +190,3 @@ def _call(target, shape, a, b, strides, pads, groups):
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method='sequential')(
       a, b, **{name: np.int64(value) for name, value in attributes.items()})
-
-
-def _out_shape(x_shape, kernel_shape, strides, pads):
-  n, h, w, _ = x_shape
-  kh, kw, _, features = kernel_shape
-  return (n, (h + sum(pads[0]) - kh) // strides[0] + 1,
-          (w + sum(pads[1]) - kw) // strides[1] + 1, features)

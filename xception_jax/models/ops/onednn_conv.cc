@@ -178,14 +178,18 @@ ffi::Future through_kernel(ffi::ThreadPool& pool, const Geometry& g, bool forwar
   return run_parts(pool, s, [=](int64_t i) {
     Geometry part = g.with_batch(s.size(i));
     auto p = primitives(part);
+    // A part of another size may have its kernels choose another weight layout.
+    const memory::desc& layout = forward ? p->forward_pd.weights_desc() : p->data_pd.weights_desc();
+    auto part_kernel = layout == kernel->get_desc() ? kernel : weights_as(layout, g, kernel_data);
     memory x_part(part.src(), engine(), x + s.first(i) * g.src_size());
     memory y_part(part.dst(), engine(), y + s.first(i) * g.dst_size());
     if (forward) {
       execute(p->forward, p->forward_pd.scratchpad_desc(),
-              {{DNNL_ARG_SRC, x_part}, {DNNL_ARG_WEIGHTS, *kernel}, {DNNL_ARG_DST, y_part}});
+              {{DNNL_ARG_SRC, x_part}, {DNNL_ARG_WEIGHTS, *part_kernel}, {DNNL_ARG_DST, y_part}});
     } else {
       execute(p->data, p->data_pd.scratchpad_desc(),
-              {{DNNL_ARG_DIFF_DST, y_part}, {DNNL_ARG_WEIGHTS, *kernel}, {DNNL_ARG_DIFF_SRC, x_part}});
+              {{DNNL_ARG_DIFF_DST, y_part}, {DNNL_ARG_WEIGHTS, *part_kernel},
+               {DNNL_ARG_DIFF_SRC, x_part}});
     }
   });
 }

@@ -207,36 +207,56 @@ ffi::Future BackwardData(ffi::ThreadPool pool, F32 dy, F32 w, F32Result dx, int6
   return through_kernel(pool, g, false, w.typed_data(), dy.typed_data(), dx->typed_data());
 }
 
+// The kernel gradient: each part of the batch sums its own images' gradients, in the layout
+// the first part's primitive writes (where the parts agree; else HWIO), into its own buffer —
+// part 0 straight into the result where that layout is HWIO. The part that finishes last adds
+// the others to part 0's and reorders the total to HWIO once.
 ffi::Future BackwardWeights(ffi::ThreadPool pool, F32 x, F32 dy, F32Result dw, int64_t sh,
                             int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
                             int64_t groups) {
   Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, groups);
   Split s = split(pool, g.n);
-  auto sums = std::make_shared<std::vector<std::vector<float>>>(
-      s.parts, std::vector<float>(g.weight_size()));
-  float *in = x.typed_data(), *grad = dy.typed_data(), *out = dw->typed_data();
+  memory::desc layout = primitives(g.with_batch(s.size(0)))->weights_pd.diff_weights_desc();
+  for (int64_t i = 1; i < s.parts; ++i) {
+    if (primitives(g.with_batch(s.size(i)))->weights_pd.diff_weights_desc() != layout) {
+      layout = g.weights();
+    }
+  }
+  memory result(g.weights(), engine(), dw->typed_data());
+  auto sums = std::make_shared<std::vector<memory>>();
+  for (int64_t i = 0; i < s.parts; ++i) {
+    sums->push_back(i == 0 && layout == g.weights() ? result : memory(layout, engine()));
+  }
+  float *in = x.typed_data(), *grad = dy.typed_data();
+  auto add_and_reorder = [=]() mutable {
+    float* total = static_cast<float*>((*sums)[0].get_data_handle());
+    size_t size = layout.get_size() / sizeof(float);
+    for (int64_t i = 1; i < s.parts; ++i) {
+      const float* part = static_cast<const float*>((*sums)[i].get_data_handle());
+      for (size_t k = 0; k < size; ++k) total[k] += part[k];
+    }
+    if (total != result.get_data_handle()) {
+      dnnl::stream stream(engine());
+      dnnl::reorder((*sums)[0], result).execute(stream, (*sums)[0], result);
+      stream.wait();
+    }
+  };
   return run_parts(pool, s, [=](int64_t i) {
     Geometry part = g.with_batch(s.size(i));
     auto p = primitives(part);
-    memory user(g.weights(), engine(), (*sums)[i].data());
-    bool reorder = p->weights_pd.diff_weights_desc() != g.weights();
-    memory result = reorder ? memory(p->weights_pd.diff_weights_desc(), engine()) : user;
+    memory sum = (*sums)[i];
+    bool reorder = p->weights_pd.diff_weights_desc() != sum.get_desc();
+    memory into = reorder ? memory(p->weights_pd.diff_weights_desc(), engine()) : sum;
     execute(p->weights, p->weights_pd.scratchpad_desc(),
             {{DNNL_ARG_SRC, memory(part.src(), engine(), in + s.first(i) * g.src_size())},
              {DNNL_ARG_DIFF_DST, memory(part.dst(), engine(), grad + s.first(i) * g.dst_size())},
-             {DNNL_ARG_DIFF_WEIGHTS, result}});
+             {DNNL_ARG_DIFF_WEIGHTS, into}});
     if (reorder) {
       dnnl::stream stream(engine());
-      dnnl::reorder(result, user).execute(stream, result, user);
+      dnnl::reorder(into, sum).execute(stream, into, sum);
       stream.wait();
     }
-  }, [=] {
-    for (int64_t j = 0; j < g.weight_size(); ++j) {
-      float total = 0;
-      for (const auto& part : *sums) total += part[j];
-      out[j] = total;
-    }
-  });
+  }, add_and_reorder);
 }
 
 }  // namespace

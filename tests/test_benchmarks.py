@@ -199,3 +199,24 @@ def test_conv_forms_appends_a_row_per_shape(tmp_path):
     assert peer == '—' or float(peer) > 0
     assert float(rates[0]) > 0 and len(rates) == (1 if peer == '—' else 2)
   assert results.read_text().count('| 1×') == 2
+
+
+@pytest.mark.long(seconds=10)
+def test_model_convs_times_every_conv_of_the_model(tmp_path):
+  results = tmp_path / 'RESULTS.md'
+  out = run('benchmarks.model_convs', '--model=xception', '--batch=1', '--image-size=71',
+            '--repeats=1', '--option=width_multiplier=0.25', '--option=middle_flow_repeats=0',
+            f'--results={results}')
+  rows = [line.split('|')[1:-1] for line in out.splitlines() if re.match(r'\| \d', line)]
+  geometries, total = rows[:-1], rows[-1]
+  # Figure 5 without its middle flow: 2 stem convs, 4 shortcut 1×1 convs and 10 separable
+  # convs, each a depthwise and a 1×1 conv.
+  assert int(total[0]) == sum(int(r[0]) for r in geometries) == 26
+  assert sum(int(r[0]) for r in geometries if int(r[5]) > 1) == 10
+  # The stem's first conv: 3×3, stride 2, unpadded, 32 × 0.25 filters, on the image.
+  stem = ['1', '1×71×71×3', '3×3×3×8', '2,2', '0,0,0,0', '1']
+  assert stem in [[c.strip() for c in r[:6]] for r in geometries]
+  assert all(float(r[7]) > 0 for r in geometries)   # ours, ms
+  assert all(r[6].strip() == '—' or float(r[6]) > 0 for r in geometries)   # PyTorch, ms
+  recorded = re.findall(r'^\| \d+ \| 1×', results.read_text(), flags=re.MULTILINE)
+  assert len(recorded) == len(geometries)

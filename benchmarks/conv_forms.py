@@ -16,17 +16,14 @@ and two gradients: 3 × 2 × multiply-adds) of XLA's conv under
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
 import statistics
-import sys
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from benchmarks.throughput import load, machine, time_steps, versions
+from benchmarks.throughput import append_table, time_steps
 from xception_jax import models
 from xception_jax.models import ops
 from xception_jax.models.ops import onednn
@@ -136,14 +133,8 @@ def main(argv=None) -> None:
   table = '\n'.join(lines)
   print(table)
   if args.results:
-    command = 'python -m benchmarks.conv_forms ' + ' '.join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    today = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-    with open(args.results, 'a') as f:
-      f.write(f'\n## {today}: k×k conv forms, value and gradient, batch {args.batch}\n\n'
-              f'- command: `{command}`\n- machine: {machine()}\n- versions: {versions()}\n'
-              f'- load average (1, 5, 15 min) after: {load()}\n\n{table}\n')
-
+    append_table(args.results, 'benchmarks.conv_forms', argv,
+                 f'k×k conv forms, value and gradient, batch {args.batch}', table)
 
 if __name__ == '__main__':
   main()

@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
-import shlex
 import statistics
-import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.throughput import load, machine, time_steps, versions
+from benchmarks.throughput import append_table, time_steps
 from xception_jax import models
 from xception_jax.models.ops import onednn
 
@@ -182,15 +179,9 @@ def main(argv=None) -> None:
   text = table(counts, theirs, ours, args.batch)
   print(text)
   if args.results:
-    command = 'python -m benchmarks.model_convs ' + ' '.join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    today = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
-    with open(args.results, 'a') as f:
-      f.write(f'\n## {today}: {args.model} convs, oneDNN form against PyTorch channels-last, '
-              f'value and gradients, batch {args.batch}\n\n'
-              f'- command: `{command}`\n- machine: {machine()}\n- versions: {versions()}\n'
-              f'- load average (1, 5, 15 min) after: {load()}\n\n{text}\n')
-
+    append_table(args.results, 'benchmarks.model_convs', argv,
+                 f'{args.model} convs, oneDNN form against PyTorch channels-last, value and '
+                 f'gradients, batch {args.batch}', text)
 
 if __name__ == '__main__':
   main()

@@ -503,6 +503,20 @@ def load() -> str:
   return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
 
+def append_table(path: str, module: str, argv: Optional[list[str]], title: str,
+                 table: str) -> None:
+  """Appends `table` to the log at `path` under a heading of the time and `title`, with the
+  command (`python -m module argv`, argv defaulting to this process's), machine, versions
+  and load."""
+  command = f'python -m {module} ' + ' '.join(
+      shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+  today = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+  with open(path, 'a') as f:
+    f.write(f'\n## {today}: {title}\n\n- command: `{command}`\n- machine: {machine()}\n'
+            f'- versions: {versions()}\n- load average (1, 5, 15 min) after: {load()}\n\n'
+            f'{table}\n')
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='xception', help='comma-separated registry names')

@@ -136,5 +136,6 @@ def main(argv=None) -> None:
     append_table(args.results, 'benchmarks.conv_forms', argv,
                  f'k×k conv forms, value and gradient, batch {args.batch}', table)
 
+
 if __name__ == '__main__':
   main()

@@ -51,7 +51,6 @@ struct Geometry {
   memory::desc any_weights() const { return {weight_dims(), memory::data_type::f32, memory::format_tag::any}; }
   int64_t src_size() const { return h * w * c; }
   int64_t dst_size() const { return oh * ow * o; }
-  int64_t weight_size() const { return kh * kw * (c / groups) * o; }
 };
 
 dnnl::engine& engine() {

@@ -108,6 +108,13 @@ Split split(ffi::ThreadPool& pool, int64_t n) {
   return {n, std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), n))};
 }
 
+// The primitives of each part's batch size, looked up once per call on the calling thread.
+std::vector<std::shared_ptr<Primitives>> part_primitives(const Geometry& g, const Split& s) {
+  std::vector<std::shared_ptr<Primitives>> parts;
+  for (int64_t i = 0; i < s.parts; ++i) parts.push_back(primitives(g.with_batch(s.size(i))));
+  return parts;
+}
+
 // Runs part(i) for every part as a task on XLA's pool; the future completes once all have
 // run and then `after`.
 ffi::Future run_parts(ffi::ThreadPool& pool, const Split& s, std::function<void(int64_t)> part,
@@ -170,13 +177,13 @@ using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
 ffi::Future through_kernel(ffi::ThreadPool& pool, const Geometry& g, bool forward,
                            float* kernel_data, float* in, float* out) {
   Split s = split(pool, g.n);
-  auto first = primitives(g.with_batch(s.size(0)));
-  auto kernel = weights_as(forward ? first->forward_pd.weights_desc() : first->data_pd.weights_desc(),
-                           g, kernel_data);
+  auto parts = part_primitives(g, s);
+  auto kernel = weights_as(forward ? parts[0]->forward_pd.weights_desc()
+                                   : parts[0]->data_pd.weights_desc(), g, kernel_data);
   float *x = forward ? in : out, *y = forward ? out : in;
   return run_parts(pool, s, [=](int64_t i) {
     Geometry part = g.with_batch(s.size(i));
-    auto p = primitives(part);
+    const auto& p = parts[i];
     // A part of another size may have its kernels choose another weight layout.
     const memory::desc& layout = forward ? p->forward_pd.weights_desc() : p->data_pd.weights_desc();
     auto part_kernel = layout == kernel->get_desc() ? kernel : weights_as(layout, g, kernel_data);
@@ -215,11 +222,10 @@ ffi::Future BackwardWeights(ffi::ThreadPool pool, F32 x, F32 dy, F32Result dw, i
                             int64_t groups) {
   Geometry g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, groups);
   Split s = split(pool, g.n);
-  memory::desc layout = primitives(g.with_batch(s.size(0)))->weights_pd.diff_weights_desc();
-  for (int64_t i = 1; i < s.parts; ++i) {
-    if (primitives(g.with_batch(s.size(i)))->weights_pd.diff_weights_desc() != layout) {
-      layout = g.weights();
-    }
+  auto parts = part_primitives(g, s);
+  memory::desc layout = parts[0]->weights_pd.diff_weights_desc();
+  for (const auto& p : parts) {
+    if (p->weights_pd.diff_weights_desc() != layout) layout = g.weights();
   }
   memory result(g.weights(), engine(), dw->typed_data());
   auto sums = std::make_shared<std::vector<memory>>();
@@ -242,7 +248,7 @@ ffi::Future BackwardWeights(ffi::ThreadPool pool, F32 x, F32 dy, F32Result dw, i
   };
   return run_parts(pool, s, [=](int64_t i) {
     Geometry part = g.with_batch(s.size(i));
-    auto p = primitives(part);
+    const auto& p = parts[i];
     memory sum = (*sums)[i];
     bool reorder = p->weights_pd.diff_weights_desc() != sum.get_desc();
     memory into = reorder ? memory(p->weights_pd.diff_weights_desc(), engine()) : sum;

@@ -172,8 +172,11 @@ def main(argv=None) -> None:
                       help='a model option NAME=VALUE (e.g. width_multiplier=0.25)')
   parser.add_argument('--results', default='', help='Markdown file to append the table to')
   args = parser.parse_args(argv)
-  onednn.require()   # A one-line error where oneDNN's form cannot run.
-  counts = model_convs(args.model, args.image_size, **models.parse_options(args.option))
+  try:   # One line, before any work, where the model, an option or oneDNN's form is wrong.
+    onednn.require()
+    counts = model_convs(args.model, args.image_size, **models.parse_options(args.option))
+  except (ValueError, onednn.OneDNNUnavailable) as e:
+    parser.error(str(e))
   theirs = {g: torch_ms(g, args.batch, args.repeats) for g in counts}
   ours = {g: ours_ms(g, args.batch, args.repeats) for g in counts}
   text = table(counts, theirs, ours, args.batch)

@@ -220,3 +220,12 @@ def test_model_convs_times_every_conv_of_the_model(tmp_path):
   assert all(r[6].strip() == '—' or float(r[6]) > 0 for r in geometries)   # PyTorch, ms
   recorded = re.findall(r'^\| \d+ \| 1×', results.read_text(), flags=re.MULTILINE)
   assert len(recorded) == len(geometries)
+
+
+def test_model_convs_refuses_an_unknown_option_in_one_line():
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.model_convs', '--option=bogus=1'],
+                        cwd=ROOT, capture_output=True, text=True, env=environment(devices=1))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'model_convs.py: error: xception has no option(s) bogus; valid options:')
+  assert 'Traceback' not in proc.stderr

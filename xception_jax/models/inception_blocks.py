@@ -20,6 +20,7 @@ from xception_jax.models.execution import Execution
 from xception_jax.models.layers import (Activation, ClassifierHead, ConvBN, ModuleDef, avg_pool,
                                         check_input_size, conv_and_norm_defs, global_pool,
                                         scaled_channels)
+from xception_jax.models.ops import onednn
 
 
 class Conv(NamedTuple):
@@ -79,7 +80,8 @@ class InceptionBlock(nn.Module):
   With `residual_scale` set it is an Inception-ResNet block (v4 paper §3.2):
   the concatenation goes through a linear 1×1 "filter expansion" conv (bias,
   no BN) back to the input width, is multiplied by `residual_scale`, added to
-  the input, and passed through `activation` (None: the sum itself).
+  the input, and passed through `activation` (None: the sum itself);
+  `materialize` then stores it (Execution.residual == 'materialized').
   """
   branches: Sequence[Branch]
   conv: ModuleDef
@@ -91,6 +93,8 @@ class InceptionBlock(nn.Module):
   activation: Activation = nn.relu
   # Execution.avg_pool == 'after_pointwise': a branch's average pool runs after its 1×1 conv.
   avg_pool_after_pointwise: bool = False
+  # Execution.residual == 'materialized': the block's output is computed once (ops.onednn).
+  materialize: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -121,7 +125,8 @@ class InceptionBlock(nn.Module):
       return y
     y = self.conv(x.shape[-1], (1, 1), use_bias=True, name='expansion')(y)
     y = x + self.residual_scale * y
-    return y if self.activation is None else self.activation(y)
+    y = y if self.activation is None else self.activation(y)
+    return onednn.materialized(y) if self.materialize else y
 
 
 class InceptionBase(nn.Module):
@@ -172,10 +177,12 @@ class InceptionBase(nn.Module):
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, bn_scale=self.bn_scale,
         execution=self.execution)
     max_pool = self.execution.max_pool()
+    forms = self.execution.resolved()
     block = functools.partial(
         self.execution.block(InceptionBlock), conv=conv, norm=norm, max_pool=max_pool,
         width_multiplier=self.width_multiplier, count_include_pad=self.avg_pool_count_include_pad,
-        avg_pool_after_pointwise=self.execution.resolved().avg_pool == 'after_pointwise')
+        avg_pool_after_pointwise=forms.avg_pool == 'after_pointwise',
+        materialize=forms.residual == 'materialized')
     layer = functools.partial(conv_bn, conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier)
     features = {}

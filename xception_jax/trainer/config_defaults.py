@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   # remat=True recomputes each block's activations in the backward pass (less memory).
   c.execution = ml_collections.ConfigDict(dict(
       depthwise='auto', pointwise='auto', conv='auto', pool='auto', avg_pool='auto', norm='auto',
-      remat=False))
+      residual='auto', remat=False))
   # Compute dtype (parameters stay float32): 'float32', 'bfloat16', or 'auto': bfloat16 on GPU
   # and TPU, float32 on CPU (trainer/state.py).
   c.dtype = 'auto'

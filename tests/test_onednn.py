@@ -1,7 +1,6 @@
 """oneDNN's convs (the 'onednn' form) equal XLA's, values and both gradients; how 'auto'
 chooses them, and the one-line errors where they cannot run."""
 import logging
-import re
 
 import jax
 import jax.numpy as jnp
@@ -95,65 +94,14 @@ def test_xception_trains_the_same_with_onednn_convs():
                tol=1e-4)
 
 
-def largest_fusion(hlo: str) -> int:
-  """The most operands any fusion of a compiled program reads."""
-  return max(m.group(1).count('%') for m in re.finditer(r' fusion\(([^)]*)\)', hlo))
-
-
-def residual_chain(blocks: int, materialize: bool):
-  """Σ y² of `blocks` residual steps y ← relu(y + 0.1·y·W), each W's product a step XLA
-  cannot fuse (as an Inception-ResNet block's convs); and its jitted gradient's program."""
-  def loss(weights, y):
-    for w in weights:
-      y = jax.nn.relu(y + 0.1 * (y @ w))
-      y = onednn.materialized(y) if materialize else y
-    return jnp.sum(y ** 2)
-  weights = [random((16, 16), seed) for seed in range(blocks)]
-  y = random((32, 16), blocks)
-  gradient = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return gradient(weights, y), gradient.lower(weights, y).compile().as_text()
-
-
-def test_materialized_stops_xla_recomputing_a_residual_chain():
-  """XLA's CPU fusion recomputes every earlier residual sum inside each later one (its
-  largest fusion grows with the chain); `materialized` computes each once, the same
-  values and gradients."""
-  fused = {blocks: residual_chain(blocks, False) for blocks in (3, 12)}
-  kept = {blocks: residual_chain(blocks, True) for blocks in (3, 12)}
-  assert largest_fusion(fused[12][1]) > largest_fusion(fused[3][1]) + 6
-  assert largest_fusion(kept[12][1]) == largest_fusion(kept[3][1]) <= 4
-  assert kept[12][1].count('XjMaterialize') == 2 * 12    # Each sum and its gradient.
-  for blocks in (3, 12):
-    assert_close(kept[blocks][0], fused[blocks][0], tol=1e-6)
-  x = random((2, 3, 5), 7)
-  np.testing.assert_array_equal(jax.vmap(onednn.materialized)(x), x)
-  np.testing.assert_array_equal(onednn.materialized(x.astype(jnp.bfloat16)),
-                                x.astype(jnp.bfloat16))
-
-
-@pytest.mark.long(seconds=10)
-def test_inception_resnet_trains_the_same_with_materialized_residuals():
-  """The whole model, all else XLA's own operations: same logits, BN statistics and
-  gradients."""
-  reference = models.create_model('inception_resnet_v2', num_classes=5, width_multiplier=0.25,
-                                  block_repeats=(2, 2, 2), execution=models.Execution.reference())
-  fast = reference.clone(execution=models.Execution.reference().replace(residual='materialized'))
-  variables = random_variables(reference, 75)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), jnp.float32, -1, 1)
-  assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
-               tol=1e-5)
-
-
 def test_auto_picks_onednn_on_one_cpu_device_only(monkeypatch):
   assert jax.local_device_count() == 8   # tests/conftest.py
   assert models.Execution().resolved('cpu').conv == 'xla'
   monkeypatch.setattr(jax, 'local_device_count', lambda: 1)
   resolved = models.Execution().resolved('cpu')
   assert (resolved.depthwise, resolved.pointwise, resolved.conv) == ('onednn',) * 3
-  assert resolved.residual == 'materialized'
   assert models.Execution(conv='xla').resolved('cpu').conv == 'xla'
   assert models.Execution().resolved('gpu').conv == 'xla'
-  assert models.Execution().resolved('gpu').residual == 'xla'
 
 
 @pytest.fixture
@@ -181,7 +129,6 @@ def test_without_onednn_auto_falls_back_with_a_warning(without_onednn, monkeypat
   with caplog.at_level(logging.WARNING):
     resolved = models.Execution().resolved('cpu')
   assert (resolved.depthwise, resolved.pointwise, resolved.conv) == ('shifted', 'dot', 'xla')
-  assert resolved.residual == 'xla'
   assert [r.getMessage() for r in caplog.records] == [
       "'auto' convs use XLA's forms, not oneDNN's: oneDNN convs need the onednn-cpu-gomp "
       f'package: {onednn.INSTALL}']
@@ -191,12 +138,8 @@ def test_asking_for_onednn_where_it_cannot_run_is_a_one_line_error(without_onedn
   with pytest.raises(onednn.OneDNNUnavailable, match=rf'^oneDNN convs need the onednn-cpu-gomp '
                                                      rf'package: pip install .*2023\.2\.0$'):
     models.Execution(conv='onednn').conv_general_dilated()
-  with pytest.raises(onednn.OneDNNUnavailable, match=r'^oneDNN convs need the onednn-cpu-gomp'):
-    models.Execution(residual='materialized').resolved('cpu')
   with pytest.raises(ValueError, match="runs on CPU only, not gpu; use 'auto'"):
     models.Execution(pointwise='onednn').resolved('gpu')
-  with pytest.raises(ValueError, match="'materialized' residual form runs on CPU only, not gpu"):
-    models.Execution(residual='materialized').resolved('gpu')
 
 
 def test_a_missing_compiler_is_named(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ from helpers import assert_trees_close as assert_close
 from helpers import random_variables, train_gradients, variable_shapes
 from xception_jax import models
 from xception_jax.models import execution, layers, ops
+from xception_jax.models.ops.windows import stored_with_gradient
 
 TINY = models.Xception.tiny_options
 SHAPES = [(7, 1), (8, 1), (7, 2), (8, 2), (9, 2)]   # (size, stride): odd and even, both strides.
@@ -210,12 +211,59 @@ def test_scatter_windows_is_the_transpose_of_windows():
     assert_close(ops.scatter_windows(values, strides, xp.shape[1:3]), want)
 
 
+def largest_fusion(hlo: str) -> int:
+  """The most operands any fusion of a compiled program reads."""
+  return max(m.group(1).count('%') for m in re.finditer(r' fusion\(([^)]*)\)', hlo))
+
+
+def residual_chain(blocks: int, store: bool):
+  """The gradient of Σ y² after `blocks` residual steps y ← relu(y + 0.1·y·W) (each W's
+  product a step XLA does not fuse, as a block's convs), and its compiled program."""
+  def loss(weights, y):
+    for w in weights:
+      y = jax.nn.relu(y + 0.1 * (y @ w))
+      y = stored_with_gradient(y) if store else y
+    return jnp.sum(y ** 2)
+  weights = [random((16, 16), seed) for seed in range(blocks)]
+  y = random((32, 16), blocks)
+  gradient = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return gradient(weights, y), gradient.lower(weights, y).compile().as_text()
+
+
+def test_stored_residual_sums_are_not_recomputed_along_the_chain():
+  """XLA's CPU fusion recomputes every earlier residual sum inside each later one (its
+  largest fusion grows with the chain); stored both ways, each sum and each gradient is
+  computed once. Same values and gradients."""
+  fused = {blocks: residual_chain(blocks, False) for blocks in (3, 12)}
+  stored = {blocks: residual_chain(blocks, True) for blocks in (3, 12)}
+  assert largest_fusion(fused[12][1]) > largest_fusion(fused[3][1]) + 6
+  assert largest_fusion(stored[12][1]) == largest_fusion(stored[3][1]) <= 4
+  assert stored[12][1].count(' reduce-window(') == 2 * 12    # Each sum and its gradient.
+  for blocks in (3, 12):
+    assert_close(stored[blocks][0], fused[blocks][0], tol=1e-6)
+
+
+@pytest.mark.long(seconds=10)
+def test_inception_resnet_trains_the_same_with_stored_residuals():
+  """The whole model, all else XLA's own operations: same logits, BN statistics and
+  gradients."""
+  reference = models.create_model('inception_resnet_v2', num_classes=5, width_multiplier=0.25,
+                                  block_repeats=(2, 2, 2), execution=models.Execution.reference())
+  fast = reference.clone(execution=models.Execution.reference().replace(residual='stored'))
+  variables = random_variables(reference, 75)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 75, 75, 3), jnp.float32, -1, 1)
+  assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
+               tol=1e-5)
+
+
 def test_execution_names_are_checked_and_auto_resolves_per_backend():
   for backend in ('cpu', 'gpu', 'tpu'):
     resolved = models.Execution().resolved(backend)
     assert 'auto' not in dataclasses.astuple(resolved)
     assert models.Execution(depthwise='xla', remat=True).resolved(backend).depthwise == 'xla'
   assert models.Execution().resolved('tpu') == models.Execution.reference()  # Unmeasured.
+  assert models.Execution().resolved('cpu').residual == 'stored'
+  assert models.Execution().resolved('gpu').residual == 'xla'
   assert models.Execution.reference().conv_general_dilated() is lax.conv_general_dilated
   with pytest.raises(ValueError, match="Unknown depthwise form 'fast'; choose one of 'auto'"):
     models.create_model('xception', execution={'depthwise': 'fast'})

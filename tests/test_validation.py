@@ -53,7 +53,7 @@ TABLE = {
     'execution.pointwise': ('gemm', "one of 'auto', 'xla', 'dot', 'onednn'"),
     'execution.pool': ('fast', "one of 'auto', 'xla', 'shifted'"),
     'execution.remat': ('blocks', BOOLEAN),
-    'execution.residual': ('kept', "one of 'auto', 'xla', 'materialized'"),
+    'execution.residual': ('kept', "one of 'auto', 'xla', 'stored'"),
     'grad_clip_norm': (-1.0, NON_NEGATIVE),
     'image_size': (0, POSITIVE_INTEGER),
     'init_from': (None, TEXT),

@@ -29,20 +29,18 @@ FORMS = {'depthwise': ('xla', 'shifted', 'onednn'),
          'pool': ('xla', 'shifted'),
          'avg_pool': ('xla', 'after_pointwise'),
          'norm': ('xla', 'fused'),
-         'residual': ('xla', 'materialized')}
+         'residual': ('xla', 'stored')}
 
 # What 'auto' picks per backend (measured: docs/performance.md). CPU: every
 # fast form but im2col, which XLA's own convs beat under `compiler_options()`.
 # GPU: cuDNN's convs, grouped ones included, and the fused batch norm. TPU and
 # anything unmeasured: XLA's forms.
 AUTO = {'cpu': {'depthwise': 'shifted', 'pointwise': 'dot', 'pool': 'shifted',
-                'avg_pool': 'after_pointwise', 'norm': 'fused'},
+                'avg_pool': 'after_pointwise', 'norm': 'fused', 'residual': 'stored'},
         'gpu': {'norm': 'fused'}}
 # On a process with one CPU device where oneDNN's convs build and load, 'auto'
-# picks them for every conv family instead (faster than all of the above), and keeps
-# residual sums with the same library.
-AUTO_ONEDNN = {'depthwise': 'onednn', 'pointwise': 'onednn', 'conv': 'onednn',
-               'residual': 'materialized'}
+# picks them for every conv family instead (faster than all of the above).
+AUTO_ONEDNN = {'depthwise': 'onednn', 'pointwise': 'onednn', 'conv': 'onednn'}
 
 # The fields models had before `execution` existed, still accepted by `create_model`.
 LEGACY_OPTIONS = {'depthwise_impl': 'depthwise', 'pointwise_impl': 'pointwise',
@@ -65,9 +63,9 @@ class Execution:
              channels (both are linear and the conv has no bias: the same values).
   norm       batch norm. 'xla': `nn.BatchNorm`; 'fused': `ops.batch_norm.FusedBatchNorm`.
   residual   an Inception-ResNet block's output (the residual sum and its ReLU). 'xla':
-             left to XLA, whose CPU fusion recomputes the earlier blocks' sums inside each
-             later one; 'materialized': computed once, and its gradient too
-             (`ops.onednn.materialized`; CPU, oneDNN's library).
+             left to XLA, whose CPU fusion recomputes all earlier blocks' sums inside each
+             later one; 'stored': stored once, its gradient too
+             (`ops.windows.stored_with_gradient`).
   remat      recompute each block's activations in the backward pass (less memory).
   """
   depthwise: str = 'auto'
@@ -129,11 +127,6 @@ class Execution:
     if 'onednn' in (resolved.depthwise, resolved.pointwise, resolved.conv):
       if backend != 'cpu':
         raise ValueError(f"The 'onednn' conv form runs on CPU only, not {backend}; use 'auto'.")
-      onednn.require()
-    if resolved.residual == 'materialized':
-      if backend != 'cpu':
-        raise ValueError(f"The 'materialized' residual form runs on CPU only, not {backend}; "
-                         "use 'auto'.")
       onednn.require()
     return resolved
 

@@ -20,7 +20,7 @@ from xception_jax.models.execution import Execution
 from xception_jax.models.layers import (Activation, ClassifierHead, ConvBN, ModuleDef, avg_pool,
                                         check_input_size, conv_and_norm_defs, global_pool,
                                         scaled_channels)
-from xception_jax.models.ops import onednn
+from xception_jax.models.ops.windows import stored_with_gradient
 
 
 class Conv(NamedTuple):
@@ -81,7 +81,7 @@ class InceptionBlock(nn.Module):
   the concatenation goes through a linear 1×1 "filter expansion" conv (bias,
   no BN) back to the input width, is multiplied by `residual_scale`, added to
   the input, and passed through `activation` (None: the sum itself);
-  `materialize` then stores it (Execution.residual == 'materialized').
+  `store_output` then stores it (Execution.residual == 'stored').
   """
   branches: Sequence[Branch]
   conv: ModuleDef
@@ -93,8 +93,7 @@ class InceptionBlock(nn.Module):
   activation: Activation = nn.relu
   # Execution.avg_pool == 'after_pointwise': a branch's average pool runs after its 1×1 conv.
   avg_pool_after_pointwise: bool = False
-  # Execution.residual == 'materialized': the block's output is computed once (ops.onednn).
-  materialize: bool = False
+  store_output: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -126,7 +125,7 @@ class InceptionBlock(nn.Module):
     y = self.conv(x.shape[-1], (1, 1), use_bias=True, name='expansion')(y)
     y = x + self.residual_scale * y
     y = y if self.activation is None else self.activation(y)
-    return onednn.materialized(y) if self.materialize else y
+    return stored_with_gradient(y) if self.store_output else y
 
 
 class InceptionBase(nn.Module):
@@ -182,7 +181,7 @@ class InceptionBase(nn.Module):
         self.execution.block(InceptionBlock), conv=conv, norm=norm, max_pool=max_pool,
         width_multiplier=self.width_multiplier, count_include_pad=self.avg_pool_count_include_pad,
         avg_pool_after_pointwise=forms.avg_pool == 'after_pointwise',
-        materialize=forms.residual == 'materialized')
+        store_output=forms.residual == 'stored')
     layer = functools.partial(conv_bn, conv=conv, norm=norm,
                               width_multiplier=self.width_multiplier)
     features = {}

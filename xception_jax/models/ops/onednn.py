@@ -32,7 +32,7 @@ import numpy as np
 from xception_jax.models.ops.windows import Pads, add_tuples, out_hw
 
 SOURCE = 'onednn_conv.cc'
-TARGETS = ('XjConvForward', 'XjConvBackwardData', 'XjConvBackwardWeights', 'XjMaterialize')
+TARGETS = ('XjConvForward', 'XjConvBackwardData', 'XjConvBackwardWeights')
 # The wheels that carry oneDNN's library (OpenMP build) and headers.
 LIBRARY, HEADERS = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
 INSTALL = f'pip install {LIBRARY}==2023.2.0 {HEADERS}==2023.2.0'
@@ -190,30 +190,3 @@ def _call(target, shape, a, b, strides, pads, groups):
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method='sequential')(
       a, b, **{name: np.int64(value) for name, value in attributes.items()})
-
-
-def materialized(x: jnp.ndarray) -> jnp.ndarray:
-  """`x` itself (value and gradient), computed once: XLA's fusion cannot recompute it inside
-  the operations that read it, nor its gradient inside theirs.
-
-  XLA's CPU compiler duplicates cheap elementwise work into every consumer. Along a chain of
-  residual blocks each block's sum is read by the next block's sum, so the fused sum of block k
-  recomputes those of blocks 1..k-1, forward and backward: work that grows with the square of
-  the chain's length (measured: docs/performance.md). An in-place no-op custom call is a
-  boundary fusion cannot cross. CPU only; needs the library `conv` builds.
-  """
-  require()
-  return _materialized(x)
-
-
-def _in_place(x):
-  return jax.ffi.ffi_call('XjMaterialize', jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          input_output_aliases={0: 0}, vmap_method='broadcast_all')(x)
-
-
-@jax.custom_vjp
-def _materialized(x):
-  return _in_place(x)
-
-
-_materialized.defvjp(lambda x: (_in_place(x), None), lambda _, dy: (_in_place(dy),))

@@ -9,13 +9,9 @@
 // call splits its batch into as many parts as XLA's intra-op pool has threads, runs each part
 // single-threaded as a task on that pool, and returns a future: the calling thread goes on with
 // other operations, as it does for XLA's own convolutions. The kernel gradient sums the parts'.
-//
-// XjMaterialize(x) -> x, run in place (the output aliases the input): a value XLA's CPU fusion
-// cannot recompute inside its consumers, so it is computed once (see onednn.materialized).
 // Built at first use by xception_jax/models/ops/onednn.py.
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -283,15 +279,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(XjConvBackwardData, BackwardData,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(XjConvBackwardWeights, BackwardWeights,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>()
                                   .Ret<F32>() XJ_CONV_ATTRIBUTES);
-
-// The output aliases the input, so there is nothing to do; the copy is for a runtime that
-// gave the output its own buffer after all.
-static ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
-  if (y->untyped_data() != x.untyped_data()) {
-    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
-  }
-  return ffi::Error::Success();
-}
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(XjMaterialize, Materialize,
-                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());

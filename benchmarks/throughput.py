@@ -47,6 +47,10 @@ e.g. `--env LD_PRELOAD=libtcmalloc_minimal.so.4` (tcmalloc, which
 `python -m xception_jax.main` runs with under `XCEPTION_JAX_MALLOC=tcmalloc`) or
 `--env GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge pages for
 glibc's malloc): all of them take their activations from malloc.
+`--as-main-job` starts our processes as `python -m xception_jax.main` starts:
+with the allocator it picks for itself in that environment
+(trainer/host_memory.py: huge pages on a CPU host), on top of `--env`; the
+peers run as given. The entry records what ours ran with.
 The table is printed and, unless `--no-record`, appended to
 benchmarks/RESULTS.md with the machine, versions, date, load and command.
 """
@@ -214,7 +218,7 @@ def recipe(args, options: Optional[dict[str, Any]] = None):
 
 def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   import jax
-  from xception_jax.trainer import timing
+  from xception_jax.trainer import host_memory, timing
 
   steps_per_call = int(options.pop('steps_per_call', 1))
   config = recipe(args, options)
@@ -248,6 +252,7 @@ def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
               gflop_per_image=per_image('flops', 1e9),
               gb_per_image=per_image('bytes accessed', 1e9),
               backend=jax.default_backend(), device_kind=device.device_kind,
+              malloc=host_memory.describe() if args.as_main_job else None,
               optimizer=config.optimizer)
 
 
@@ -348,6 +353,9 @@ _AFTER_RESULT: list[Callable[[], None]] = []
 def run_worker(args) -> None:
   framework = args.worker
   if framework == 'ours':
+    if args.as_main_job:   # Before JAX is imported, as the main job does it.
+      from xception_jax.trainer import host_memory
+      host_memory.reexec_with_allocator()
     result = worker_ours(args, ast.literal_eval(args.options))
   elif framework in ('timm', 'timm-cl'):
     result = worker_timm(args, channels_last=framework == 'timm-cl')
@@ -393,7 +401,7 @@ def measure(args, framework: str, model: str, batch: int, mode: str,
              f'--image-size={args.image_size}', f'--dtype={args.dtype}',
              f'--warmup={args.warmup}', f'--repeats={args.repeats}',
              f'--torch-device={args.torch_device}', f'--options={options or {}!r}',
-             f'--config={args.config}']
+             f'--config={args.config}'] + ['--as-main-job'] * args.as_main_job
   env = worker_environment(args.env, flags)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
@@ -543,6 +551,9 @@ def main(argv=None) -> None:
                       help='device memory TB/s for the roofline (default: PEAKS by device)')
   parser.add_argument('--env', action='append', default=[],
                       help='NAME=VALUE for every framework\'s process; repeatable')
+  parser.add_argument('--as-main-job', action='store_true',
+                      help='start our processes as python -m xception_jax.main starts: with '
+                           'the malloc it picks for itself (huge pages on a CPU host)')
   parser.add_argument('--worker-timeout', type=float, default=None,
                       help='seconds after which one framework\'s measurement is abandoned')
   parser.add_argument('--trace-dir', default='',
@@ -571,7 +582,7 @@ def main(argv=None) -> None:
   command = 'python -m benchmarks.throughput ' + ' '.join(
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
   load_before = load()
-  rows = []
+  rows, ours_malloc = [], set()
   for model in args.model.split(','):
     for batch in map(int, args.batch.split(',')):
       for mode in args.mode.split(','):
@@ -586,12 +597,16 @@ def main(argv=None) -> None:
             result = measure(args, framework, model, batch, mode, options, flags, name)
             if result:
               results[name].append(result)
+              ours_malloc.add(result.get('malloc'))
         rows += summarize(model, batch, mode, args.dtype, results,
                           peaks=(args.peak_tflops, args.peak_tbps))
   table = format_table(rows)
   print(table)
+  ours_malloc = ', '.join(sorted(filter(None, ours_malloc)))
+  if ours_malloc:
+    print(f"ours' malloc, as the main job's: {ours_malloc}", file=sys.stderr)
   if not args.no_record:
-    record(args, table, command, load_before)
+    record(args, table, command, load_before, ours_malloc)
 
 
 def summarize(model, batch, mode, dtype, results,
@@ -652,7 +667,7 @@ def format_table(rows) -> str:
   return '\n'.join(lines)
 
 
-def record(args, table: str, command: str, load_before: str) -> None:
+def record(args, table: str, command: str, load_before: str, ours_malloc: str) -> None:
   import jax
   today = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
   header = '' if os.path.exists(RESULTS) else (
@@ -662,6 +677,8 @@ def record(args, table: str, command: str, load_before: str) -> None:
           f'{jax.default_backend()} ({jax.devices()[0].device_kind})\n- versions: {versions()}\n'
           f'- load average (1, 5, 15 min) before: {load_before}; after: {load()}\n'
           f'- environment of every framework: {tuning_environment(args.env)}\n'
+          + (f"- ours started as the main job starts (--as-main-job), malloc: {ours_malloc}\n"
+             if ours_malloc else '') +
           f'- {args.warmup} warm-up step(s), median of {args.repeats} timed steps × '
           f'{args.rounds} round(s) per framework\n')
   if args.note:

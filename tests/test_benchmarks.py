@@ -175,6 +175,28 @@ def test_env_settings_are_parsed_recorded_and_checked(monkeypatch):
   assert bad.returncode == 2 and "--env takes NAME=VALUE, got 'hugetlb'" in bad.stderr
 
 
+@pytest.mark.long(seconds=10)
+def test_as_main_job_starts_ours_with_the_main_jobs_allocator():
+  """Ours restarts itself as `python -m xception_jax.main` does, with what it adds to this
+  environment (huge pages on a CPU host), and says so."""
+  from xception_jax.trainer import host_memory
+  env = environment(devices=1)
+  for name in ('GLIBC_TUNABLES', 'LD_PRELOAD', host_memory.SWITCH, host_memory.ADDED_MARK):
+    env.pop(name, None)
+  added, why = host_memory.allocator_environment(
+      env, host_memory.glibc_version(), host_memory.thp_mode(),
+      host_memory.accelerator_devices())
+  want = f'on: {added[host_memory.ADDED_MARK]} added by xception_jax' if added else why
+  done = subprocess.run([sys.executable, '-m', 'benchmarks.throughput', '--model=xception',
+                         '--batch=2', '--image-size=71', '--mode=infer', '--warmup=0',
+                         '--repeats=1', '--peers=', '--no-record', '--as-main-job',
+                         f'--ours=tiny:{XLA_FORMS}'],
+                        cwd=ROOT, capture_output=True, text=True, check=True, env=env)
+  assert f"ours' malloc, as the main job's: {want}\n" in done.stderr
+  assert [line.split('|')[5].strip() for line in done.stdout.splitlines()
+          if line.startswith('| xception')] == ['tiny']
+
+
 @pytest.mark.long(seconds=9)
 def test_input_pipeline_appends_a_section(tmp_path):
   results = tmp_path / 'RESULTS.md'

@@ -49,15 +49,16 @@ class Geometry(NamedTuple):
     return self.size[2] == 3
 
 
-def _equations(jaxpr):
+def equations(jaxpr):
+  """Every equation of `jaxpr` and of the programs nested in it."""
   for equation in jaxpr.eqns:
     yield equation
     for value in equation.params.values():
       for inner in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(inner, jax.extend.core.ClosedJaxpr):
-          yield from _equations(inner.jaxpr)
+          yield from equations(inner.jaxpr)
         elif isinstance(inner, jax.extend.core.Jaxpr):
-          yield from _equations(inner)
+          yield from equations(inner)
 
 
 def model_convs(name: str, image_size: int, **options) -> collections.Counter:
@@ -67,7 +68,7 @@ def model_convs(name: str, image_size: int, **options) -> collections.Counter:
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
   counts = collections.Counter()
-  for equation in _equations(jaxpr.jaxpr):
+  for equation in equations(jaxpr.jaxpr):
     if equation.primitive.name != 'conv_general_dilated':
       continue
     lhs, rhs = (v.aval.shape for v in equation.invars)

@@ -11,6 +11,7 @@ import pytest
 from jax import lax
 
 from helpers import assert_trees_close as assert_close
+from benchmarks.model_convs import equations
 from helpers import random_variables, train_gradients, variable_shapes
 from xception_jax import models
 from xception_jax.models import execution, layers, ops
@@ -312,17 +313,6 @@ def test_fast_forms_match_reference_in_training(name, size, forms, dtype, tol):
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3), dtype, -1, 1)
     assert_close(train_gradients(fast, variables, x), train_gradients(reference, variables, x),
                  tol=tol)
-
-
-def equations(jaxpr):
-  """Every equation of `jaxpr` and of the programs nested in it."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        sub = getattr(sub, 'jaxpr', sub)
-        if hasattr(sub, 'eqns'):
-          yield from equations(sub)
 
 
 @pytest.mark.parametrize('count_include_pad', [False, True], ids=['tf', 'pytorch'])

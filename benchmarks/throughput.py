@@ -572,6 +572,12 @@ def main(argv=None) -> None:
   if args.worker:
     args.batch = int(args.batch)
     return run_worker(args)
+  if args.as_main_job:   # A bad XCEPTION_JAX_MALLOC: one line now, not a failed worker later.
+    from xception_jax.trainer import host_memory
+    try:
+      host_memory.describe(worker_environment(args.env))
+    except ValueError as e:
+      parser.error(str(e))
 
   if args.trace_dir:
     args.trace_dir = os.path.abspath(args.trace_dir)   # Workers run in the project root.

@@ -195,6 +195,11 @@ def test_as_main_job_starts_ours_with_the_main_jobs_allocator():
   assert f"ours' malloc, as the main job's: {want}\n" in done.stderr
   assert [line.split('|')[5].strip() for line in done.stdout.splitlines()
           if line.startswith('| xception')] == ['tiny']
+  bad = subprocess.run([sys.executable, '-m', 'benchmarks.throughput', '--as-main-job',
+                        f'--env={host_memory.SWITCH}=jemalloc'],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+  assert bad.returncode == 2 and bad.stderr.splitlines()[-1].endswith(
+      f"error: {host_memory.SWITCH}='jemalloc': use one of auto, tcmalloc, huge-pages, system.")
 
 
 @pytest.mark.long(seconds=9)

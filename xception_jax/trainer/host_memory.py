@@ -137,16 +137,18 @@ def allocator_environment(environ: Mapping[str, str], libc: Optional[tuple[int, 
            ADDED_MARK: added}, f'on: {added} to be added by xception_jax')
 
 
-def _this_process() -> tuple[Optional[dict[str, str]], str]:
-  environ = os.environ
+def _this_process(environ: Optional[Mapping[str, str]] = None,
+                  ) -> tuple[Optional[dict[str, str]], str]:
+  environ = os.environ if environ is None else environ
   wants_tcmalloc = environ.get(SWITCH) == 'tcmalloc'
   return allocator_environment(environ, glibc_version(), thp_mode(), accelerator_devices(),
                                sys.argv[1:], find_tcmalloc() if wants_tcmalloc else None)
 
 
-def describe() -> str:
-  """One line for the log: which allocator this process runs with, and who chose it."""
-  return _this_process()[1]
+def describe(environ: Optional[Mapping[str, str]] = None) -> str:
+  """One line for the log: which allocator this process runs with (or one started with
+  `environ`), and who chose it. Raises ValueError as `allocator_environment` does."""
+  return _this_process(environ)[1]
 
 
 def reexec_with_allocator() -> None:

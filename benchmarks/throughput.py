@@ -218,12 +218,13 @@ def recipe(args, options: Optional[dict[str, Any]] = None):
 
 def worker_ours(args, options: dict[str, Any]) -> dict[str, Any]:
   import jax
-  from xception_jax.trainer import host_memory, timing
+  from xception_jax.trainer import host_memory, timing, train
 
   steps_per_call = int(options.pop('steps_per_call', 1))
   config = recipe(args, options)
   timed = (timing.training_step(config, steps_per_call) if args.mode == 'train' else
            timing.eval_step(config))
+  train.exempt_from_collection()   # As the trainer does once its step is compiled.
   steps_per_call = timed.steps_per_call   # The evaluation step is one step per call.
   memory = timed.compiled.memory_analysis()
   cost = timed.compiled.cost_analysis()

@@ -1,4 +1,5 @@
 """train_and_evaluate end to end: mock ImageNet on 8 devices, steps per call, fine-tuning, errors."""
+import gc
 import json
 
 import jax
@@ -128,6 +129,22 @@ def test_eval_only_on_converted_weights_and_on_a_checkpoint(tmp_path):
   trained = train.train_and_evaluate(config, str(tmp_path / 'run'))
   again = evaluate.evaluate_only(config, str(tmp_path / 'run'))
   assert again == trained
+
+
+def test_a_run_exempts_its_compiled_objects_from_collection_until_it_returns(tmp_path,
+                                                                          monkeypatch):
+  """Full collections scanning the modules and programs of a run took a core from XLA's
+  threads mid-step; what exists once a step is compiled is exempt while the run goes on."""
+  root = make_image_folder(tmp_path / 'data', classes=2, per_class=4)
+  frozen_at_writes, write = [], train.MetricWriter.write
+  monkeypatch.setattr(train.MetricWriter, 'write', lambda self, step, values: (
+      frozen_at_writes.append(gc.get_freeze_count()), write(self, step, values))[1])
+  assert gc.get_freeze_count() == 0
+  train.train_and_evaluate(tiny_config(dataset=f'folder:{root}', eval_split='test',
+                                       total_steps=2), str(tmp_path / 'run'))
+  assert len(frozen_at_writes) == 3   # Steps 1 and 2, then the evaluation.
+  assert min(frozen_at_writes) > 10_000   # Modules, jitted programs, caches.
+  assert gc.get_freeze_count() == 0
 
 
 def test_evaluators_that_agree_share_one_jitted_step(tmp_path):

@@ -16,6 +16,7 @@ separately).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -25,7 +26,7 @@ from absl import app, flags
 
 from xception_jax import models
 from xception_jax.tools import model_table
-from xception_jax.trainer import timing
+from xception_jax.trainer import timing, train
 from xception_jax.trainer.config_defaults import base_config
 from xception_jax.trainer.state import DTYPES
 from xception_jax.weights import tree
@@ -69,12 +70,16 @@ def measure_training(config, num_steps: int, warmup: int = 2) -> tuple[float, fl
   step for `config` (`timing.training_step`) on a fixed random batch."""
   started = time.perf_counter()
   timed = timing.training_step(config)
-  for _ in range(warmup):
-    timed.run()
-  warmed = time.perf_counter()
-  for _ in range(num_steps):
-    timed.run()
-  return num_steps / (time.perf_counter() - warmed), warmed - started
+  train.exempt_from_collection()   # As the trainer does once its step is compiled.
+  try:
+    for _ in range(warmup):
+      timed.run()
+    warmed = time.perf_counter()
+    for _ in range(num_steps):
+      timed.run()
+    return num_steps / (time.perf_counter() - warmed), warmed - started
+  finally:
+    gc.unfreeze()
 
 
 def report(names: Sequence[str], batch_size: int, image_size: int, num_steps: int,

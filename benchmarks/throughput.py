@@ -49,7 +49,8 @@ e.g. `--env LD_PRELOAD=libtcmalloc_minimal.so.4` (tcmalloc, which
 glibc's malloc): all of them take their activations from malloc.
 `--as-main-job` starts our processes as `python -m xception_jax.main` starts:
 with the allocator it picks for itself in that environment
-(trainer/host_memory.py: huge pages on a CPU host), on top of `--env`; the
+(trainer/host_memory.py: on a CPU host glibc keeping its heap, with huge
+pages, and computations on the calling thread), on top of `--env`; the
 peers run as given. The entry records what ours ran with.
 The table is printed and, unless `--no-record`, appended to
 benchmarks/RESULTS.md with the machine, versions, date, load and command.
@@ -357,6 +358,7 @@ def run_worker(args) -> None:
     if args.as_main_job:   # Before JAX is imported, as the main job does it.
       from xception_jax.trainer import host_memory
       host_memory.reexec_with_allocator()
+      host_memory.configure_jax()
     result = worker_ours(args, ast.literal_eval(args.options))
   elif framework in ('timm', 'timm-cl'):
     result = worker_timm(args, channels_last=framework == 'timm-cl')
@@ -554,7 +556,7 @@ def main(argv=None) -> None:
                       help='NAME=VALUE for every framework\'s process; repeatable')
   parser.add_argument('--as-main-job', action='store_true',
                       help='start our processes as python -m xception_jax.main starts: with '
-                           'the malloc it picks for itself (huge pages on a CPU host)')
+                           'the malloc it picks for itself (on a CPU host, glibc keeping its heap)')
   parser.add_argument('--worker-timeout', type=float, default=None,
                       help='seconds after which one framework\'s measurement is abandoned')
   parser.add_argument('--trace-dir', default='',

@@ -1,4 +1,5 @@
-"""The main job asks glibc for huge pages, or runs with tcmalloc if asked, where that helps."""
+"""The main job keeps glibc's heap on huge pages, or runs tcmalloc if asked, where it helps."""
+import json
 import os
 import subprocess
 import sys
@@ -8,35 +9,49 @@ import pytest
 from xception_jax.trainer import host_memory
 
 ON = 'glibc.malloc.hugetlb=1'
+KEEP = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1125899906842624'
+DEFAULT = f'{KEEP}:{ON}'
+MARK = 'XCEPTION_JAX_ADDED_MALLOC'
 TC = 'libtcmalloc_minimal.so.4'
 QUIET = {'TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD': str(1 << 50)}
-HUGE = {'GLIBC_TUNABLES': ON, 'XCEPTION_JAX_ADDED_MALLOC': ON}
-TCMALLOC = {'LD_PRELOAD': TC, **QUIET, 'XCEPTION_JAX_ADDED_MALLOC': TC}
+KEPT = {'GLIBC_TUNABLES': DEFAULT, MARK: DEFAULT}
+KEPT_ONLY = {'GLIBC_TUNABLES': KEEP, MARK: KEEP}   # Without huge pages.
+HUGE = {'GLIBC_TUNABLES': ON, MARK: ON}
+TCMALLOC = {'LD_PRELOAD': TC, **QUIET, MARK: TC}
 GPU = ['/dev/nvidia0']
 GOOD = ((2, 36), 'madvise')   # glibc and kernel that allow huge pages
 KERNEL = 'left to the kernel: transparent huge pages'
-
-
 ASK = {'XCEPTION_JAX_MALLOC': 'tcmalloc'}
+PAGES = {'XCEPTION_JAX_MALLOC': 'huge-pages'}
 
 
 @pytest.mark.parametrize('environ, host, devices, argv, tcmalloc, added, reason', [
-    # Huge pages unless tcmalloc is asked for.
-    ({}, GOOD, [], [], TC, HUGE, f'on: {ON} to be added by xception_jax'),
-    ({'XCEPTION_JAX_MALLOC': 'huge-pages'}, GOOD, [], [], TC, HUGE, 'on: '),
+    # The kept heap with huge pages, unless another choice is asked for.
+    ({}, GOOD, [], [], TC, KEPT, f'on: {DEFAULT} to be added by xception_jax'),
+    (PAGES, GOOD, [], [], TC, {**PAGES, **HUGE}, f'on: {ON} to be added by xception_jax'),
     (ASK, GOOD, [], [], TC, {**ASK, **TCMALLOC}, f'on: {TC} to be added by xception_jax'),
     ({**ASK, 'LD_PRELOAD': 'libprofiler.so'}, GOOD, [], [], TC,
      {**ASK, **TCMALLOC, 'LD_PRELOAD': f'libprofiler.so {TC}'}, 'on: '),
     ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, ((2, 35), 'madvise'), [], [], None,
-     {**HUGE, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:' + ON}, 'on: '),
-    ({'JAX_PLATFORMS': 'cpu'}, GOOD, GPU, [], None, HUGE, 'on: '),   # CPU asked for.
+     {**KEPT, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:' + DEFAULT}, 'on: '),
+    ({'JAX_PLATFORMS': 'cpu'}, GOOD, GPU, [], None, KEPT, 'on: '),   # CPU asked for.
+    # The kept heap without huge pages where glibc or the kernel will not give them.
+    ({}, ((2, 34), 'madvise'), [], [], None, KEPT_ONLY, f'on: {KEEP} to be added'),
+    ({}, ((2, 36), 'always'), [], [], None, KEPT_ONLY, 'on: '),
+    ({}, ((2, 36), 'never'), [], [], None, KEPT_ONLY, 'on: '),
     # Yours, and ours after the re-execution, told apart.
     ({**ASK, 'LD_PRELOAD': 'libjemalloc.so.2'}, GOOD, [], [], TC, None,
      'as you set it: LD_PRELOAD=libjemalloc.so.2'),
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, GOOD, [], [], None, None,
      'as you set them: GLIBC_TUNABLES=glibc.malloc.hugetlb=0'),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.mmap_max=65536'}, GOOD, [], [], None, None,
+     'as you set them: GLIBC_TUNABLES=glibc.malloc.mmap_max=65536'),
     ({**ASK, **TCMALLOC}, GOOD, [], [], TC, None, f'on: {TC} added by xception_jax'),
     (HUGE, GOOD, [], [], None, None, f'on: {ON} added by xception_jax'),
+    (KEPT, GOOD, [], [], None, None,
+     f'on: {DEFAULT} added by xception_jax, computations on the calling thread'),
+    ({**KEPT, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:' + DEFAULT}, GOOD, [], [], None,
+     None, f'on: {DEFAULT} added by xception_jax, computations on the calling thread'),
     # Where it cannot help, or is not wanted.
     ({'XCEPTION_JAX_MALLOC': 'system'}, GOOD, [], [], None, None,
      'off: XCEPTION_JAX_MALLOC=system'),
@@ -44,17 +59,20 @@ ASK = {'XCEPTION_JAX_MALLOC': 'tcmalloc'}
     (ASK, GOOD, GPU, [], TC, None, 'off: accelerator host (/dev/nvidia0'),
     ({'JAX_PLATFORMS': 'tpu'}, GOOD, [], [], None, None, 'off: JAX_PLATFORMS=tpu'),
     ({'JAX_PLATFORMS': 'cuda,cpu'}, GOOD, [], [], None, None, 'off: JAX_PLATFORMS='),
-    ({}, ((2, 34), 'madvise'), [], [], None, None, 'off: huge pages need glibc 2.35'),
-    ({}, (None, 'madvise'), [], [], None, None, 'off: huge pages need glibc 2.35'),
-    ({}, ((2, 36), 'always'), [], [], None, None, f'{KERNEL} always'),
-    ({}, ((2, 36), 'never'), [], [], None, None, f'{KERNEL} never'),
-    ({}, ((2, 36), None), [], [], None, None, f'{KERNEL} unknown'),
+    ({}, ((2, 25), 'madvise'), [], [], None, None, 'off: glibc 2.26 or later needed'),
+    ({}, (None, 'madvise'), [], [], None, None, 'off: glibc 2.26 or later needed'),
+    (PAGES, ((2, 34), 'madvise'), [], [], None, None, 'off: huge pages need glibc 2.35'),
+    (PAGES, ((2, 36), 'always'), [], [], None, None, f'{KERNEL} always'),
+    (PAGES, ((2, 36), 'never'), [], [], None, None, f'{KERNEL} never'),
+    (PAGES, ((2, 36), None), [], [], None, None, f'{KERNEL} unknown'),
 ])
 def test_environment_adds_an_allocator_only_where_it_helps(environ, host, devices, argv, tcmalloc,
                                                            added, reason):
   env, why = host_memory.allocator_environment({'PATH': '/bin', **environ}, *host, devices, argv,
                                                tcmalloc)
   assert why.startswith(reason), why
+  if reason.endswith((' added by xception_jax', 'calling thread')):   # Whole lines.
+    assert why == reason
   if added is None:
     assert env is None
   else:
@@ -126,7 +144,9 @@ def test_the_main_job_logs_its_allocator_and_reports_bad_input_in_one_line(tmp_p
   if expected is None:
     assert line.endswith(why)
   else:   # The re-executed process found the setting its first start added, and says so.
-    assert line.endswith(f'on: {expected[host_memory.ADDED_MARK]} added by xception_jax')
+    mark = expected[host_memory.ADDED_MARK]
+    inline = ', computations on the calling thread' if KEEP in mark else ''
+    assert line.endswith(f'on: {mark} added by xception_jax{inline}')
 
   result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**environ, host_memory.SWITCH: 'fast'})
@@ -183,3 +203,46 @@ def test_reexecution_keeps_the_command_line_and_survives_a_failed_exec(monkeypat
   monkeypatch.setattr(host_memory, 'find_tcmalloc', lambda: None)
   with pytest.raises(SystemExit, match='^error: XCEPTION_JAX_MALLOC=tcmalloc but no tcmalloc'):
     host_memory.reexec_with_allocator()
+
+
+# Runs one computation with 68 MiB of XLA temporary memory eight times and prints the minor page
+# faults of the last six calls (the first ones take their memory from the kernel; XLA's worker
+# threads take some of theirs in the first few calls too).
+TEMPORARY_MEMORY_PROBE = '''
+import json, resource
+from xception_jax.trainer import host_memory
+inline = host_memory.configure_jax()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: (jnp.cumsum(x, axis=1) * jnp.flip(x, 1)).sum())
+x = jnp.ones((8, 1 << 20), jnp.float32)
+faults = []
+for _ in range(8):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  f(x).block_until_ready()
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+temp = f.lower(x).compile().memory_analysis().temp_size_in_bytes
+print(json.dumps({'inline': inline, 'faults': faults[2:], 'temp_mib': temp / 2**20}))
+'''
+
+
+def run_probe(choice: str) -> dict:
+  environ, _ = host_memory.allocator_environment(
+      {**clean_environment(), host_memory.SWITCH: choice}, host_memory.glibc_version(),
+      host_memory.thp_mode())
+  if environ is None:
+    pytest.skip(f'{choice}: nothing added on this host ({host_memory.glibc_version()}, '
+                f'{host_memory.thp_mode()})')
+  result = subprocess.run([sys.executable, '-c', TEMPORARY_MEMORY_PROBE], capture_output=True,
+                          text=True, env=environ, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_the_kept_heap_reuses_a_computations_temporary_memory():
+  kept = run_probe('auto')
+  assert kept['inline'] and kept['temp_mib'] > 64
+  assert min(kept['faults']) <= 8, kept   # Its memory comes back from the heap.
+  # Huge pages alone: the kernel maps it afresh every call, at least one fault a 2 MiB page.
+  returned = run_probe('huge-pages')
+  assert not returned['inline']
+  assert min(returned['faults']) >= returned['temp_mib'] / 2, returned

@@ -25,6 +25,7 @@ def main(argv):
   # the process may have re-executed itself (host_memory) before this point.
   from xception_jax.trainer import evaluate, train
 
+  host_memory.configure_jax()   # Before JAX's backend starts.
   from xception_jax.trainer.checkpoints import silence_failed_write_noise
   quiet_checkpoint_logs()
   silence_failed_write_noise()

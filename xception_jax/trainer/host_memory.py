@@ -1,31 +1,41 @@
-"""The memory allocator of a CPU training job: glibc asking for huge pages, or tcmalloc if asked.
+"""The memory allocator of a CPU training job: glibc keeping its heap, or tcmalloc if asked.
 
 On a CPU backend XLA takes each step's temporary memory (the activations,
-about a GiB per step at batch 8) from malloc and gives it back at the end of
-the step. glibc's malloc maps such large blocks from the kernel and unmaps
-them when freed, so every step the kernel faults in and clears that memory
-afresh; `glibc.malloc.hugetlb=1` makes the faults 512 times fewer. tcmalloc
-keeps freed memory for the next step instead: steps 1.1-1.3x faster, but as
-the training loop dispatches a step while the previous one runs, it keeps two
-steps' activations (Xception at batch 8: 1.5x the peak resident memory), so
-it is chosen only when asked for. What each gains and how it was measured:
+GiBs a step) from malloc and gives it back at the end of the step. glibc's
+malloc maps a block that large from the kernel and unmaps it when freed, so
+every step the kernel faults in and clears that memory afresh (at batch 32,
+an eighth of Inception-ResNet-v2's CPU time). The main job's default keeps it
+instead: glibc takes every block from its main heap (`glibc.malloc.mmap_max=0`)
+and never hands the heap's top back (`glibc.malloc.trim_threshold`), asks for
+transparent huge pages (`glibc.malloc.hugetlb=1`), and XLA runs each
+computation on the calling thread (`jax_cpu_enable_async_dispatch=False`,
+`configure_jax`): only the main thread allocates from the main heap, XLA's
+worker threads from arenas of at most 64 MiB, where glibc maps a larger block
+afresh whatever the settings. A step then reuses the memory the previous one
+freed (steps up to 1.2x faster), and as the next step is dispatched only once
+the previous one has returned, its memory is freed before the next one takes
+it: the peak is one step's, as before. The resident memory stays at that peak
+for the whole run. What each choice gains and how it was measured:
 docs/performance.md.
 
 The allocator is chosen when a process starts, so `python -m xception_jax.main`
-re-executes itself once, first thing, with `GLIBC_TUNABLES` (huge pages) or
-`LD_PRELOAD` (tcmalloc) added, and only where that can help:
+re-executes itself once, first thing, with `GLIBC_TUNABLES` or `LD_PRELOAD`
+(tcmalloc) added, and only where that can help:
 
 - not on a host with a GPU or TPU (the activations live on the device), nor
   when `JAX_PLATFORMS` names another platform than the CPU;
 - not for `--help` and its kin, which never reach the training;
 - not when you chose yourself: `LD_PRELOAD` naming an allocator, or
-  `GLIBC_TUNABLES` setting `glibc.malloc.hugetlb` (yours is kept);
-- huge pages not where glibc is older than 2.35, nor where the kernel's
+  `GLIBC_TUNABLES` setting any of the tunables above (yours are kept);
+- not where glibc is older than 2.26 (no tunables) or is not the C library;
+  huge pages not where glibc is older than 2.35, nor where the kernel's
   transparent huge pages are 'always' (given unasked) or 'never' (refused).
 
-`XCEPTION_JAX_MALLOC` picks: `auto` (the default: huge pages), `tcmalloc`
-(an error if it is not installed), `huge-pages` (the same as `auto`), or
-`system` (run as is).
+`XCEPTION_JAX_MALLOC` picks: `auto` (the default, above), `huge-pages` (huge
+pages only: memory handed back after every step, as glibc does), `tcmalloc`
+(an error if it is not installed; it keeps freed memory itself, but with
+steps dispatched ahead it can hold two steps' activations), or `system` (run
+as is).
 
 This module imports nothing beyond the standard library: it runs before JAX.
 """
@@ -38,6 +48,12 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 TUNABLE = 'glibc.malloc.hugetlb'
+HUGE_PAGES = f'{TUNABLE}=1'
+# glibc's main heap kept whole: no block mapped on its own, the heap's top never handed back.
+KEPT_HEAP = ('glibc.malloc.mmap_max=0', f'glibc.malloc.trim_threshold={1 << 50}')
+# Tunables that, set by you, leave the choice to you.
+YOUR_TUNABLES = (TUNABLE, 'glibc.malloc.mmap_max', 'glibc.malloc.trim_threshold',
+                 'glibc.malloc.mmap_threshold')
 THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 SWITCH = 'XCEPTION_JAX_MALLOC'
 CHOICES = ('auto', 'tcmalloc', 'huge-pages', 'system')
@@ -106,11 +122,13 @@ def allocator_environment(environ: Mapping[str, str], libc: Optional[tuple[int, 
     raise ValueError(f'{SWITCH}={choice!r}: use one of {", ".join(CHOICES)}.')
   preload, tunables = environ.get('LD_PRELOAD', ''), environ.get('GLIBC_TUNABLES', '')
   added = environ.get(ADDED_MARK)
-  if added and (added in preload.split() or added in tunables.split(':')):
-    return None, f'on: {added} added by xception_jax'
+  if added and (set(added.split()) <= set(preload.split()) or
+                set(added.split(':')) <= set(tunables.split(':'))):
+    inline = ', computations on the calling thread' if keeps_heap(environ) else ''
+    return None, f'on: {added} added by xception_jax{inline}'
   if any(name in preload for name in ALLOCATOR_NAMES):
     return None, f'as you set it: LD_PRELOAD={preload}'
-  if TUNABLE in tunables:
+  if any(name in tunables for name in YOUR_TUNABLES):
     return None, f'as you set them: GLIBC_TUNABLES={tunables}'
   if choice == 'system':
     return None, f'off: {SWITCH}=system'
@@ -128,13 +146,39 @@ def allocator_environment(environ: Mapping[str, str], libc: Optional[tuple[int, 
     return ({**environ, 'LD_PRELOAD': ' '.join(filter(None, [preload, tcmalloc])),
              **QUIET_TCMALLOC, ADDED_MARK: tcmalloc},
             f'on: {tcmalloc} to be added by xception_jax')
-  if libc is None or libc < (2, 35):
-    return None, 'off: huge pages need glibc 2.35 or later'
-  if mode != 'madvise':   # 'always' gives them without asking; 'never' refuses.
-    return None, f'left to the kernel: transparent huge pages {mode or "unknown"}'
-  added = f'{TUNABLE}=1'
+  huge_pages = libc is not None and libc >= (2, 35) and mode == 'madvise'
+  if choice == 'huge-pages':
+    if libc is None or libc < (2, 35):
+      return None, 'off: huge pages need glibc 2.35 or later'
+    if not huge_pages:   # 'always' gives them without asking; 'never' refuses.
+      return None, f'left to the kernel: transparent huge pages {mode or "unknown"}'
+    settings = [HUGE_PAGES]
+  elif libc is None or libc < (2, 26):
+    return None, 'off: glibc 2.26 or later needed (tunables)'
+  else:
+    settings = [*KEPT_HEAP, *[HUGE_PAGES] * huge_pages]
+  added = ':'.join(settings)
   return ({**environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, added])),
            ADDED_MARK: added}, f'on: {added} to be added by xception_jax')
+
+
+def keeps_heap(environ: Mapping[str, str]) -> bool:
+  """Whether a process with `environ` runs with the kept heap that xception_jax added."""
+  added = environ.get(ADDED_MARK, '').split(':')
+  return set(KEPT_HEAP) <= set(added) <= set(environ.get('GLIBC_TUNABLES', '').split(':'))
+
+
+def configure_jax(environ: Optional[Mapping[str, str]] = None) -> bool:
+  """Where this process keeps its heap, makes XLA run each computation on the calling thread,
+  so that a step's temporary memory comes from the main heap; returns whether it did.
+
+  Call it after `reexec_with_allocator` and before JAX starts its backend.
+  """
+  if not keeps_heap(os.environ if environ is None else environ):
+    return False
+  import jax   # pylint: disable=import-outside-toplevel
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
+  return True
 
 
 def _this_process(environ: Optional[Mapping[str, str]] = None,

@@ -176,7 +176,7 @@ def configure_jax(environ: Optional[Mapping[str, str]] = None) -> bool:
   """
   if not keeps_heap(os.environ if environ is None else environ):
     return False
-  import jax   # pylint: disable=import-outside-toplevel
+  import jax   # Here, not above: this module runs before JAX loads.
   jax.config.update('jax_cpu_enable_async_dispatch', False)
   return True
 
